@@ -1,0 +1,20 @@
+//! bmap: maps every byte of a virtual machine's disk image to what lives
+//! there and stores the answer in a SQLite map.
+//!
+//! The pipeline is [`image`] (positional reads) → [`volume`] (MBR, GPT or a
+//! bare filesystem) → [`ext4`] (filesystem walker) → [`map`] (objects,
+//! extents, layout) → [`store`] (the SQLite file, whose schema lives in
+//! `schema/`). [`query`] reads maps back for `info`, `lookup` and `export`.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod ext4;
+pub mod image;
+pub mod index;
+pub mod map;
+pub mod query;
+pub mod store;
+pub mod units;
+pub mod volume;
+
+pub use error::{Error, Result};

@@ -1,0 +1,402 @@
+//! The `bmap` command line: a thin layer over the library.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use bmap::image::ImageFile;
+use bmap::index::{self, IndexOptions};
+use bmap::units::{human, parse_range};
+use bmap::{query, store};
+
+/// Map every byte of a VM disk image to what lives there.
+#[derive(Debug, Parser)]
+#[command(name = "bmap", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a raw disk image (read-only) and write its map.
+    Index {
+        /// The raw disk image (or block device).
+        image: PathBuf,
+        /// Where to write the map [default: IMAGE with .bmap appended].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace an existing map.
+        #[arg(long)]
+        force: bool,
+        /// The guest's name for the disk (sda, vda, nvme0n1…).
+        #[arg(long, default_value = "sda")]
+        device: String,
+        /// Logical sector size in bytes [default: detect; 512 unless GPT
+        /// is found at 4096].
+        #[arg(long, value_parser = parse_sector_size)]
+        sector_size: Option<u64>,
+    },
+    /// Summarise a map: partitions, filesystems, bytes per kind, warnings.
+    Info {
+        map: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Name the objects covering OFFSET[+LEN], most specific first.
+    Lookup {
+        map: PathBuf,
+        /// Byte offset, optionally +length: 0x1a2b000, 1G+4K, 2048s.
+        range: String,
+        #[arg(long)]
+        json: bool,
+        /// At most this many layout segments.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Write a map in another tool's format.
+    Export {
+        map: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExportFormat::VirtBmap)]
+        format: ExportFormat,
+        /// Output file [default: standard output].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// virt-bmap's `1 START END TYPE DEVICE [PATH]`, hex, END exclusive.
+    VirtBmap,
+}
+
+fn parse_sector_size(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n @ (512 | 1024 | 2048 | 4096)) => Ok(n),
+        _ => Err("sector size must be 512, 1024, 2048 or 4096".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("bmap: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status when a map was written but parts of the image were damaged.
+const EXIT_WARNINGS: u8 = 2;
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Index {
+            image,
+            output,
+            force,
+            device,
+            sector_size,
+        } => cmd_index(&image, output, force, device, sector_size),
+        Command::Info { map, json } => cmd_info(&map, json),
+        Command::Lookup {
+            map,
+            range,
+            json,
+            limit,
+        } => cmd_lookup(&map, &range, json, limit),
+        Command::Export {
+            map,
+            format,
+            output,
+        } => cmd_export(&map, format, output),
+    }
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg:30} [{bar:40}] {pos}/{len} groups",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+fn cmd_index(
+    image: &Path,
+    output: Option<PathBuf>,
+    force: bool,
+    device: String,
+    sector_size: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let out = output.unwrap_or_else(|| {
+        let mut name = image.as_os_str().to_os_string();
+        name.push(".bmap");
+        PathBuf::from(name)
+    });
+    if out.exists() && !force {
+        bail!("{} exists; use --force to replace it", out.display());
+    }
+    let img = ImageFile::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let opts = IndexOptions {
+        device,
+        sector_size,
+    };
+    let pb = progress_bar();
+    let idx =
+        index::index(&img, &opts, &pb).with_context(|| format!("indexing {}", image.display()))?;
+    pb.finish_and_clear();
+    let meta = index::meta_rows(image, Some(img.file()), &idx, &opts);
+    store::write(&out, &idx.map, &idx.layout, &meta, force)
+        .with_context(|| format!("writing {}", out.display()))?;
+
+    let files: u64 = idx.map.filesystems.iter().map(|f| f.files).sum();
+    let dirs: u64 = idx.map.filesystems.iter().map(|f| f.directories).sum();
+    eprintln!(
+        "bmap: {}: {} partitions, {} filesystems, {dirs} directories, {files} files; map written to {}",
+        image.display(),
+        idx.map.partitions.len(),
+        idx.map.filesystems.len(),
+        out.display()
+    );
+    if idx.map.warnings.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for w in idx.map.warnings.iter().take(20) {
+            match w.offset {
+                Some(o) => eprintln!("bmap: warning: at byte {o} (0x{o:x}): {}", w.message),
+                None => eprintln!("bmap: warning: {}", w.message),
+            }
+        }
+        if idx.map.warnings.len() > 20 {
+            eprintln!(
+                "bmap: … {} more warnings in the map (bmap info)",
+                idx.map.warnings.len() - 20
+            );
+        }
+        eprintln!(
+            "bmap: the map is partial: {} warnings",
+            idx.map.warnings.len()
+        );
+        Ok(ExitCode::from(EXIT_WARNINGS))
+    }
+}
+
+fn cmd_info(map: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let conn = store::open(map, false)?;
+    let info = query::info(&conn)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &info)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "image:       {} ({}, {} bytes)",
+        info.image_path,
+        human(info.image_size),
+        info.image_size
+    )?;
+    writeln!(out, "modified:    {}", info.image_mtime)?;
+    writeln!(
+        out,
+        "indexed:     {} by bmap {} (schema {})",
+        info.indexed_at, info.bmap_version, info.schema_version
+    )?;
+    writeln!(out, "structure:   sha256 {}", info.structure_sha256)?;
+    writeln!(
+        out,
+        "table:       {} ({}-byte sectors)",
+        info.partition_scheme, info.sector_size
+    )?;
+    if !info.partitions.is_empty() {
+        writeln!(out, "\npartitions:")?;
+        writeln!(
+            out,
+            "  {:<12} {:<9} {:>14} {:>14} {:>10}  {:<8} type",
+            "device", "role", "start", "end", "size", "fs"
+        )?;
+        for p in &info.partitions {
+            writeln!(
+                out,
+                "  {:<12} {:<9} {:>14} {:>14} {:>10}  {:<8} {}{}",
+                p.device,
+                p.role,
+                p.start,
+                p.end,
+                human(p.end - p.start),
+                p.filesystem.as_deref().unwrap_or("-"),
+                p.type_id,
+                p.label
+                    .as_ref()
+                    .map(|l| format!(" \"{l}\""))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    for f in &info.filesystems {
+        writeln!(
+            out,
+            "\nfilesystem {} ({}, {}-byte blocks, {}):",
+            f.device,
+            f.fs_type,
+            f.block_size,
+            human(f.size_bytes)
+        )?;
+        writeln!(
+            out,
+            "  uuid {}{}",
+            f.uuid,
+            if f.label.is_empty() {
+                String::new()
+            } else {
+                format!(", label \"{}\"", f.label)
+            }
+        )?;
+        writeln!(out, "  state: {}", f.state)?;
+        writeln!(out, "  features: {}", f.features)?;
+        writeln!(
+            out,
+            "  {} files, {} directories, {} symlinks",
+            f.files, f.directories, f.symlinks
+        )?;
+        writeln!(
+            out,
+            "  free: {} ({} bytes; superblock says {} blocks)",
+            human(f.free_bytes),
+            f.free_bytes,
+            f.free_blocks_superblock
+        )?;
+        writeln!(
+            out,
+            "  unknown (allocated, claimed by nothing): {} bytes",
+            f.unknown_bytes
+        )?;
+        if f.unlinked_inodes > 0 {
+            writeln!(
+                out,
+                "  in-use inodes not reachable from /: {}",
+                f.unlinked_inodes
+            )?;
+        }
+        if let Some(j) = &f.external_journal {
+            writeln!(out, "  {j}")?;
+        }
+    }
+    writeln!(out, "\nlayout ({} objects):", info.objects)?;
+    for k in &info.layout_by_kind {
+        let pct = if info.image_size > 0 {
+            k.bytes as f64 * 100.0 / info.image_size as f64
+        } else {
+            0.0
+        };
+        writeln!(
+            out,
+            "  {:<18} {:>12} {:>6.2}%  {:>9} segments",
+            k.kind,
+            human(k.bytes),
+            pct,
+            k.segments
+        )?;
+    }
+    if !info.warnings.is_empty() {
+        writeln!(out, "\nwarnings ({}):", info.warnings.len())?;
+        for w in &info.warnings {
+            match w.offset {
+                Some(o) => writeln!(out, "  at byte {o} (0x{o:x}): {}", w.message)?,
+                None => writeln!(out, "  {}", w.message)?,
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_lookup(map: &Path, range: &str, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
+    let (offset, len) = parse_range(range).map_err(anyhow::Error::msg)?;
+    let conn = store::open(map, false)?;
+    let (hits, truncated) = query::lookup(&conn, offset, len.unwrap_or(1), limit)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({ "segments": hits, "truncated": truncated }),
+        )?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for h in &hits {
+        writeln!(
+            out,
+            "0x{:x}-0x{:x} ({} bytes)",
+            h.start,
+            h.end,
+            h.end - h.start
+        )?;
+        for o in &h.objects {
+            let mut line = format!("  {:<18} {}", o.kind, o.name);
+            if let Some(i) = o.inode {
+                line.push_str(&format!("  inode {i}"));
+            }
+            if let Some(off) = o.offset_in_object {
+                line.push_str(&format!("  @0x{off:x}"));
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    if truncated {
+        writeln!(out, "… more segments; raise --limit")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_export(
+    map: &Path,
+    format: ExportFormat,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let conn = store::open(map, false)?;
+    match format {
+        ExportFormat::VirtBmap => {
+            let mut w: Box<dyn Write> = match &output {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            query::export_virt_bmap(&conn, &mut w)?;
+            w.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
