@@ -64,7 +64,7 @@ pub fn walk(
     };
     let sb = &fs.sb;
     let region_len = region.range.end - region.range.start;
-    let fs_bytes = sb.blocks_count.checked_mul(block_size).unwrap_or(u64::MAX);
+    let fs_bytes = sb.blocks_count.saturating_mul(block_size);
     let mut groups = sb.groups();
     if fs_bytes > region_len {
         map.warn(

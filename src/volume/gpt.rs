@@ -61,7 +61,7 @@ impl Header {
         let crc_ok = crc32fast::hash(&copy) == stored_crc;
         let num_entries = le::u32_at(sector, 80);
         let entry_size = le::u32_at(sector, 84);
-        if entry_size < 128 || entry_size % 8 != 0 || entry_size > 4096 {
+        if entry_size < 128 || !entry_size.is_multiple_of(8) || entry_size > 4096 {
             return Err(Error::corrupt(
                 "GPT header",
                 offset + 84,
