@@ -47,13 +47,21 @@ impl Fs<'_> {
         count: u64,
         referenced_at: u64,
     ) -> Result<Range<u64>> {
-        let end_block = block.checked_add(count);
-        match end_block {
-            Some(end) if end <= self.sb.blocks_count && count > 0 => {
-                let start = self.start + block * self.block_size;
-                Ok(start..start + count * self.block_size)
-            }
-            _ => Err(Error::corrupt(
+        // Checked throughout: a hostile block count lets block numbers
+        // reach 2^64, whose byte offsets do not fit a u64.
+        let range = block
+            .checked_add(count)
+            .filter(|&end| end <= self.sb.blocks_count && count > 0)
+            .and_then(|end| {
+                let start = self
+                    .start
+                    .checked_add(block.checked_mul(self.block_size)?)?;
+                let end = self.start.checked_add(end.checked_mul(self.block_size)?)?;
+                Some(start..end)
+            });
+        match range {
+            Some(range) => Ok(range),
+            None => Err(Error::corrupt(
                 what,
                 referenced_at,
                 format!(

@@ -137,10 +137,7 @@ pub fn walk(
             sb.journal_dev,
             format_uuid(&sb.journal_uuid)
         );
-        map.warn(
-            Some(sb_offset + 0xD0),
-            format!("{}: {ext} (not in this image)", region.device),
-        );
+        // Not damage: the journal simply lives on another device.
         info.external_journal = Some(ext);
     }
 
@@ -252,9 +249,16 @@ impl Walker<'_, '_> {
                     );
                 }
             }
+            // With meta_bg the first group of each meta group holds the
+            // primary copy of that meta group's descriptor block.
+            let per = sb.descs_per_block();
+            let meta_primary =
+                sb.has_incompat(incompat::META_BG) && g % per == 0 && g / per >= sb.first_meta_bg;
             for (b, n) in layout.descriptors {
                 let name = if g == 0 {
                     "group-descriptors".to_string()
+                } else if meta_primary {
+                    format!("group-descriptors group {g}")
                 } else {
                     format!("group-descriptors backup group {g}")
                 };
@@ -340,7 +344,9 @@ impl Walker<'_, '_> {
             while first < used {
                 let n = per_read.min(used - first);
                 let table_offset = fs.block_offset(d.inode_table) + first * isz;
-                let table_end = fs.start + sb.blocks_count.saturating_mul(fs.block_size);
+                let table_end = fs
+                    .start
+                    .saturating_add(sb.blocks_count.saturating_mul(fs.block_size));
                 if fs
                     .block_range("inode table", d.inode_table, 1, d.offset + 8)
                     .is_err()
@@ -431,9 +437,15 @@ impl Walker<'_, '_> {
         } else if inode.mode == 0 || (inode.links_count == 0 && inode.dtime != 0) {
             return None;
         }
+        // An EA inode (ea_inode feature) stores one large xattr value; its
+        // owner's xattr entry names it, no directory does.
+        let ea_inode = special_name.is_none()
+            && sb.has_incompat(incompat::EA_INODE)
+            && inode.has_flag(iflags::EA_INODE);
         let kind = match special_name {
             Some("journal") => Kind::Journal,
             Some(_) => Kind::SpecialInode,
+            None if ea_inode => Kind::XattrBlock,
             None if inode.is_dir() => Kind::Directory,
             None if inode.is_symlink() => Kind::Symlink,
             None => Kind::File,
@@ -447,7 +459,7 @@ impl Walker<'_, '_> {
             tree_kind: Kind::ExtentBlock,
             xattr_block: None,
             inline_dir: Vec::new(),
-            special: special_name,
+            special: special_name.or(ea_inode.then_some("xattr value inode")),
         };
         let i_block_offset = offset + 0x28;
         let bs = fs.block_size;
@@ -651,6 +663,7 @@ impl Walker<'_, '_> {
         let bs = self.fs.block_size;
         let display = match (&path, rec.special) {
             (Some(p), _) => p.clone(),
+            (None, Some(s)) if rec.kind == Kind::XattrBlock => format!("{s} {}", rec.ino),
             (None, Some(s)) => s.to_string(),
             (None, None) => format!("<unlinked inode {}>", rec.ino),
         };

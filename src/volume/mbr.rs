@@ -142,6 +142,12 @@ pub fn scan(
             }
         }
         primaries.push((number, range.clone()));
+        if e.type_id == 0xEE {
+            map.warn(
+                Some(table_offset),
+                format!("{device} is a GPT protective partition but no valid GPT header was found at LBA 1"),
+            );
+        }
         let role = if e.is_extended() {
             "extended"
         } else {
@@ -215,12 +221,15 @@ fn scan_ebr_chain(
 ) -> Result<()> {
     let mut seen = HashSet::new();
     let mut ebr_lba = ext_lba;
+    // Where the link to the current EBR is stored: the damage to name when
+    // that link leads outside the extended partition or back into the chain.
+    let mut link_at = container.start;
     let mut number = 5u32;
     for _ in 0..MAX_LOGICAL {
         let offset = ebr_lba.checked_mul(ctx.ss).filter(|&o| o < container.end);
         let Some(offset) = offset else {
             map.warn(
-                Some(container.start),
+                Some(link_at),
                 format!(
                     "EBR at sector {ebr_lba} lies outside the extended partition; chain stopped"
                 ),
@@ -229,7 +238,7 @@ fn scan_ebr_chain(
         };
         if !seen.insert(ebr_lba) {
             map.warn(
-                Some(offset),
+                Some(link_at),
                 format!("EBR chain loops back to sector {ebr_lba}; chain stopped"),
             );
             return Ok(());
@@ -298,6 +307,7 @@ fn scan_ebr_chain(
         if link.is_empty() || !link.is_extended() {
             return Ok(());
         }
+        link_at = offset + (TABLE_OFFSET + ENTRY_SIZE) as u64;
         ebr_lba = ext_lba.saturating_add(link.lba_start.into());
     }
     map.warn(
