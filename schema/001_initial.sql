@@ -30,15 +30,21 @@ CREATE TABLE objects (
     detail    TEXT
 );
 CREATE INDEX objects_parent ON objects(parent);
-CREATE INDEX objects_kind ON objects(kind);
+CREATE INDEX objects_path ON objects(path) WHERE path IS NOT NULL;
 
--- Every name of every inode object (hard links have several).
-CREATE TABLE names (
+-- Names of inode objects beyond the first (objects.path): hard links.
+CREATE TABLE links (
     object INTEGER NOT NULL REFERENCES objects(id),
     path   TEXT NOT NULL
 );
-CREATE INDEX names_path ON names(path);
-CREATE INDEX names_object ON names(object);
+CREATE INDEX links_path ON links(path);
+CREATE INDEX links_object ON links(object);
+
+-- Every name of every inode object.
+CREATE VIEW names AS
+SELECT id AS object, path FROM objects WHERE path IS NOT NULL
+UNION ALL
+SELECT object, path FROM links;
 
 -- Byte ranges owned by objects. `logical` is the offset of `start` inside
 -- the object (the file offset for inode data). Objects may overlap each
@@ -49,10 +55,9 @@ CREATE TABLE extents (
     end     INTEGER NOT NULL,
     logical INTEGER NOT NULL,
     flags   INTEGER NOT NULL DEFAULT 0,  -- 1 unwritten
+    PRIMARY KEY (object, logical, start),
     CHECK (start < end)
-);
-CREATE INDEX extents_object ON extents(object, logical);
-CREATE INDEX extents_start ON extents(start);
+) WITHOUT ROWID;
 
 -- The disjoint tiling of [0, image size): each segment belongs to the most
 -- specific object covering it. `start` is the rowid, so a point lookup is
@@ -63,7 +68,6 @@ CREATE TABLE layout_segments (
     object INTEGER NOT NULL REFERENCES objects(id),
     CHECK (start < end)
 );
-CREATE INDEX layout_segments_object ON layout_segments(object);
 
 -- Partitions as the table describes them.
 CREATE TABLE partitions (
@@ -123,9 +127,9 @@ SELECT n.path           AS path,
        e.logical        AS logical_offset,
        e.start          AS disk_offset,
        e.end - e.start  AS length
-FROM extents e
-JOIN objects o ON o.id = e.object
-JOIN names n ON n.object = o.id
+FROM names n
+JOIN objects o ON o.id = n.object
+JOIN extents e ON e.object = o.id
 WHERE o.kind IN ('file', 'directory', 'symlink');
 
 -- Public view: the disjoint tiling of the image.

@@ -293,8 +293,8 @@ pub struct MapBuilder {
     pub image_size: u64,
     pub objects: Vec<Object>,
     pub extents: Vec<Extent>,
-    /// Every name of every inode object (hard links: several).
-    pub names: Vec<(ObjectId, String)>,
+    /// Names of inode objects beyond their first (`Object::path`): hard links.
+    pub links: Vec<(ObjectId, String)>,
     pub warnings: Vec<Warning>,
     pub partitions: Vec<PartitionInfo>,
     pub filesystems: Vec<FilesystemInfo>,
@@ -356,8 +356,9 @@ impl MapBuilder {
         }
     }
 
-    pub fn add_name(&mut self, object: ObjectId, path: String) {
-        self.names.push((object, path));
+    /// Records a further name (hard link) of an inode object.
+    pub fn add_link(&mut self, object: ObjectId, path: String) {
+        self.links.push((object, path));
     }
 
     pub fn warn(&mut self, offset: Option<u64>, message: impl Into<String>) {

@@ -93,10 +93,6 @@ fn u(v: i64) -> u64 {
 
 /// Reads the summary of a map.
 pub fn info(conn: &Connection) -> Result<Info> {
-    let fs_by_object: Vec<(i64, String)> = conn
-        .prepare("SELECT f.object, f.type FROM filesystems f")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
     let mut partitions = Vec::new();
     let mut st = conn.prepare(
         "SELECT p.number, p.device, p.scheme, p.role, p.start, p.end, p.type_id, p.label, p.object
@@ -126,7 +122,6 @@ pub fn info(conn: &Connection) -> Result<Info> {
         p.filesystem = fs;
         partitions.push(p);
     }
-    let _ = fs_by_object;
     let mut st = conn.prepare(
         "SELECT device, partition, type, start, block_size, blocks_count, free_bytes, free_blocks_sb, unknown_bytes,
                 inodes_count, files, directories, symlinks, unlinked_inodes, uuid, label, features, state, external_journal

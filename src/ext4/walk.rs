@@ -6,7 +6,7 @@
 //! that names its byte offset, and the walk goes on; damage to the
 //! superblock or descriptor table stops this filesystem with an error.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 
 use crate::error::Result;
@@ -185,7 +185,7 @@ impl Walker<'_, '_> {
         &self.region.device
     }
 
-    fn new_object(&mut self, kind: Kind, name: String, parent: ObjectId) -> ObjectId {
+    fn new_object(&mut self, kind: Kind, name: &str, parent: ObjectId) -> ObjectId {
         let mut o = Object::new(kind, format!("{} {name}", self.region.device));
         o.parent = Some(parent);
         o.partition = self.region.partition;
@@ -205,7 +205,7 @@ impl Walker<'_, '_> {
     ) {
         match self.fs.block_range("metadata", block, count, referenced_at) {
             Ok(r) => {
-                let id = self.new_object(kind, name, self.fs_id);
+                let id = self.new_object(kind, &name, self.fs_id);
                 self.map.object_mut(id).size = Some(r.end - r.start);
                 self.map.add_extent(id, r, 0, 0);
                 self.meta_blocks.push(block..block + count);
@@ -223,9 +223,9 @@ impl Walker<'_, '_> {
         let bs = fs.block_size;
         // Bytes before the superblock: the boot block (1 KiB); with 1 KiB
         // blocks it is block 0, which no group covers.
-        let boot = self.new_object(Kind::BootBlock, "boot block".into(), self.fs_id);
+        let boot = self.new_object(Kind::BootBlock, "boot block", self.fs_id);
         self.map.add_extent(boot, fs.start..fs.start + 1024, 0, 0);
-        let primary = self.new_object(Kind::Superblock, "superblock".into(), self.fs_id);
+        let primary = self.new_object(Kind::Superblock, "superblock", self.fs_id);
         let sb_end = if bs == 1024 {
             fs.start + 2048
         } else {
@@ -252,8 +252,9 @@ impl Walker<'_, '_> {
             // With meta_bg the first group of each meta group holds the
             // primary copy of that meta group's descriptor block.
             let per = sb.descs_per_block();
-            let meta_primary =
-                sb.has_incompat(incompat::META_BG) && g % per == 0 && g / per >= sb.first_meta_bg;
+            let meta_primary = sb.has_incompat(incompat::META_BG)
+                && g.is_multiple_of(per)
+                && g / per >= sb.first_meta_bg;
             for (b, n) in layout.descriptors {
                 let name = if g == 0 {
                     "group-descriptors".to_string()
@@ -320,6 +321,11 @@ impl Walker<'_, '_> {
         let isz = sb.inode_size;
         let special = self.special_inodes();
         let mut out = Vec::new();
+        // Inode tables are disjoint blocks of the filesystem, so together
+        // they cannot be larger than it. Descriptors that all point at the
+        // same blocks would otherwise cost time quadratic in the image size.
+        let mut table_budget = (self.region.range.end - self.region.range.start)
+            .min(sb.blocks_count.saturating_mul(fs.block_size));
         for (g, d) in descs.iter().enumerate() {
             progress.inc(1);
             let g = g as u64;
@@ -361,8 +367,22 @@ impl Walker<'_, '_> {
                     );
                     break;
                 }
+                if n * isz > table_budget {
+                    self.map.warn(
+                        Some(fs.start + SUPERBLOCK_OFFSET + 0x28),
+                        format!(
+                            "{}: group {g}: the inode tables ({} inodes per group) add up to more than the filesystem; the rest are not read",
+                            self.device(),
+                            sb.inodes_per_group
+                        ),
+                    );
+                    return out;
+                }
                 let bytes = match fs.img.read_vec("inode table", table_offset, n * isz) {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        table_budget -= n * isz;
+                        b
+                    }
                     Err(e) => {
                         self.map
                             .warn(e.offset(), format!("{}: group {g}: {e}", self.device()));
@@ -526,6 +546,11 @@ impl Walker<'_, '_> {
         let fs = self.fs;
         let bs = fs.block_size;
         let mut out = HashMap::new();
+        // Each block belongs to at most one directory: directories that
+        // claim more than the filesystem holds share (cross-link) blocks,
+        // and reading on would cost time quadratic in the image size.
+        let mut dir_budget = (self.region.range.end - self.region.range.start)
+            .min(fs.sb.blocks_count.saturating_mul(bs));
         for rec in inodes.iter().filter(|r| r.kind == Kind::Directory) {
             let mut entries = Vec::new();
             for (bytes, offset) in &rec.inline_dir {
@@ -544,8 +569,21 @@ impl Walker<'_, '_> {
                 while done < len {
                     let n = chunk.min(len - done);
                     let first = run.physical + done;
+                    if n * bs > dir_budget {
+                        self.map.warn(
+                            Some(fs.block_offset(first)),
+                            format!(
+                                "{}: directory inode {}: directories claim more blocks than the filesystem has (cross-linked); the rest are not read",
+                                self.device(),
+                                rec.ino
+                            ),
+                        );
+                        out.insert(rec.ino, entries);
+                        return out;
+                    }
                     match fs.read_blocks("directory block", first, n, fs.block_offset(first)) {
                         Ok(bytes) => {
+                            dir_budget -= n * bs;
                             for (i, block) in bytes.chunks_exact(bs as usize).enumerate() {
                                 let at = fs.block_offset(first + i as u64);
                                 if let Err(e) = dir::parse_block(block, at, &mut entries) {
@@ -581,20 +619,35 @@ impl Walker<'_, '_> {
         inodes: Vec<InodeRec>,
         mut entries: HashMap<InodeNo, Vec<DirEntry>>,
     ) -> (u64, u64, u64, u64) {
-        let mut by_ino: HashMap<InodeNo, InodeRec> =
-            inodes.into_iter().map(|r| (r.ino, r)).collect();
-        let mut objects: HashMap<InodeNo, ObjectId> = HashMap::new();
+        // Inodes arrive in inode-number order, so a binary search over their
+        // numbers finds a directory entry's target without hashing.
+        // One object per inode, one extent per run: reserving once avoids
+        // copying these large vectors over and over as they grow.
+        let runs: usize = inodes
+            .iter()
+            .map(|r| r.map.runs.len() + r.map.tree_blocks.len())
+            .sum();
+        self.map.objects.reserve(inodes.len());
+        self.map.extents.reserve(runs);
+        let numbers: Vec<InodeNo> = inodes.iter().map(|r| r.ino).collect();
+        debug_assert!(numbers.windows(2).all(|w| w[0] < w[1]));
+        let mut recs: Vec<Option<InodeRec>> = inodes.into_iter().map(Some).collect();
+        let mut objects: Vec<Option<ObjectId>> = vec![None; recs.len()];
+        let slot = |ino: InodeNo| numbers.binary_search(&ino).ok();
         let mut counts = (0, 0, 0, 0);
         let mut dangling = 0u64;
         let mut first_dangling = None;
 
-        if let Some(root) = by_ino.remove(&ROOT_INO) {
+        if let Some(root_slot) = slot(ROOT_INO).filter(|&i| recs[i].is_some()) {
+            let root = recs[root_slot].take().expect("checked above");
             let id = self.add_inode(root, Some("/".into()), self.fs_id, &mut counts);
-            objects.insert(ROOT_INO, id);
-            let mut queue = VecDeque::from([(ROOT_INO, "/".to_string())]);
-            let mut seen_dirs = HashSet::from([ROOT_INO]);
-            while let Some((dir_ino, dir_path)) = queue.pop_front() {
-                let dir_obj = objects[&dir_ino];
+            objects[root_slot] = Some(id);
+            let mut queue = VecDeque::from([(root_slot, "/".to_string())]);
+            while let Some((dir_slot, dir_path)) = queue.pop_front() {
+                let Some(dir_obj) = objects[dir_slot] else {
+                    continue;
+                };
+                let dir_ino = numbers[dir_slot];
                 for e in entries.remove(&dir_ino).unwrap_or_default() {
                     if e.name == b"." || e.name == b".." {
                         continue;
@@ -605,24 +658,28 @@ impl Walker<'_, '_> {
                     } else {
                         format!("{dir_path}/{name}")
                     };
-                    if let Some(&id) = objects.get(&e.inode) {
-                        // A further name of an inode already placed: a hard link.
-                        if self.map.object(id).kind() != Kind::Directory {
-                            self.map.add_name(id, path);
-                        }
-                        continue;
-                    }
-                    let Some(rec) = by_ino.remove(&e.inode) else {
+                    let Some(child_slot) = slot(e.inode) else {
                         dangling += 1;
                         first_dangling.get_or_insert((dir_ino, path, e.inode));
                         continue;
                     };
+                    if let Some(id) = objects[child_slot] {
+                        // A further name of an inode already placed: a hard
+                        // link (directories cannot have them; a second name
+                        // for one would be a loop, so it is not followed).
+                        if self.map.object(id).kind() != Kind::Directory {
+                            self.map.add_link(id, path);
+                        }
+                        continue;
+                    }
+                    let Some(rec) = recs[child_slot].take() else {
+                        continue;
+                    };
                     let is_dir = rec.kind == Kind::Directory;
-                    let child = e.inode;
                     let id = self.add_inode(rec, Some(path.clone()), dir_obj, &mut counts);
-                    objects.insert(child, id);
-                    if is_dir && seen_dirs.insert(child) {
-                        queue.push_back((child, path));
+                    objects[child_slot] = Some(id);
+                    if is_dir {
+                        queue.push_back((child_slot, path));
                     }
                 }
             }
@@ -642,9 +699,7 @@ impl Walker<'_, '_> {
             );
         }
         // In use but not reachable: special inodes, and orphans a finding.
-        let mut rest: Vec<InodeRec> = by_ino.into_values().collect();
-        rest.sort_by_key(|r| r.ino);
-        for rec in rest {
+        for rec in recs.into_iter().flatten() {
             if rec.special.is_none() {
                 counts.3 += 1;
             }
@@ -661,27 +716,39 @@ impl Walker<'_, '_> {
         counts: &mut (u64, u64, u64, u64),
     ) -> ObjectId {
         let bs = self.fs.block_size;
+        let unnamed;
         let display = match (&path, rec.special) {
-            (Some(p), _) => p.clone(),
-            (None, Some(s)) if rec.kind == Kind::XattrBlock => format!("{s} {}", rec.ino),
-            (None, Some(s)) => s.to_string(),
-            (None, None) => format!("<unlinked inode {}>", rec.ino),
+            (Some(p), _) => p.as_str(),
+            (None, Some(s)) if rec.kind == Kind::XattrBlock => {
+                unnamed = format!("{s} {}", rec.ino);
+                &unnamed
+            }
+            (None, Some(s)) => s,
+            (None, None) => {
+                unnamed = format!("<unlinked inode {}>", rec.ino);
+                &unnamed
+            }
         };
-        let id = self.new_object(rec.kind, display.clone(), parent);
+        let tree_label = (!rec.map.tree_blocks.is_empty()).then(|| {
+            let what = if rec.tree_kind == Kind::ExtentBlock {
+                "extent tree"
+            } else {
+                "indirect blocks"
+            };
+            format!("{display} ({what})")
+        });
+        let id = self.new_object(rec.kind, display, parent);
         {
             let o = self.map.object_mut(id);
             o.inode = Some(u64::from(rec.ino));
-            o.path = path.clone();
-            o.size = Some(rec.size);
             o.flags = rec.flags
                 | if path.is_none() && rec.special.is_none() {
                     object_flags::UNLINKED
                 } else {
                     0
                 };
-        }
-        if let Some(p) = path {
-            self.map.add_name(id, p);
+            o.path = path;
+            o.size = Some(rec.size);
         }
         match rec.kind {
             Kind::File => counts.0 += 1,
@@ -697,13 +764,8 @@ impl Walker<'_, '_> {
             self.map
                 .add_extent(id, start..start + r.len * bs, r.logical * bs, flag);
         }
-        if !rec.map.tree_blocks.is_empty() {
-            let what = if rec.tree_kind == Kind::ExtentBlock {
-                "extent tree"
-            } else {
-                "indirect blocks"
-            };
-            let tree = self.new_object(rec.tree_kind, format!("{display} ({what})"), id);
+        if let Some(name) = tree_label {
+            let tree = self.new_object(rec.tree_kind, &name, id);
             self.map.object_mut(tree).inode = Some(u64::from(rec.ino));
             let ranges: Vec<Range<u64>> = rec
                 .map
@@ -748,7 +810,7 @@ impl Walker<'_, '_> {
                 .warn(e.offset(), format!("{}: inode {ino}: {e}", self.device())),
             Ok(_) => {}
         }
-        let id = self.new_object(Kind::XattrBlock, format!("xattr block {block}"), owner);
+        let id = self.new_object(Kind::XattrBlock, &format!("xattr block {block}"), owner);
         self.map.object_mut(id).size = Some(1);
         self.map.object_mut(id).detail = Some("shared by 1 inode".into());
         self.map
@@ -826,7 +888,7 @@ impl Walker<'_, '_> {
             );
         }
         if !free_runs.is_empty() {
-            let id = self.new_object(Kind::Free, "free".into(), self.fs_id);
+            let id = self.new_object(Kind::Free, "free", self.fs_id);
             self.map.object_mut(id).size = Some(free_blocks * bs);
             let ranges: Vec<Range<u64>> = free_runs
                 .iter()

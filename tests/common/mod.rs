@@ -420,7 +420,7 @@ impl Dumpe2fs {
             .get("First meta block group")
             .map_or(0, |v| v.trim().parse().unwrap());
         let per = self.block_size / desc_size;
-        group % per == 0 && group / per >= first_meta_bg
+        group.is_multiple_of(per) && group / per >= first_meta_bg
     }
 }
 
