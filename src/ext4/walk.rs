@@ -413,12 +413,14 @@ impl Walker<'_, '_> {
     }
 
     /// Reserved and superblock-named inodes, with their display names.
-    fn special_inodes(&self) -> HashMap<InodeNo, &'static str> {
+    /// A handful of entries: a linear scan beats hashing every inode.
+    fn special_inodes(&self) -> Vec<(InodeNo, &'static str)> {
         let sb = &self.fs.sb;
-        let mut m = HashMap::new();
-        m.insert(BAD_BLOCKS_INO, "bad blocks inode");
-        m.insert(BOOT_LOADER_INO, "boot loader inode");
-        m.insert(RESIZE_INO, "resize inode");
+        let mut m = vec![
+            (BAD_BLOCKS_INO, "bad blocks inode"),
+            (BOOT_LOADER_INO, "boot loader inode"),
+            (RESIZE_INO, "resize inode"),
+        ];
         for (ino, name) in [
             (sb.usr_quota_inum, "user quota"),
             (sb.grp_quota_inum, "group quota"),
@@ -426,11 +428,11 @@ impl Walker<'_, '_> {
             (sb.orphan_file_inum, "orphan file"),
         ] {
             if ino != 0 {
-                m.insert(ino, name);
+                m.push((ino, name));
             }
         }
         if sb.has_compat(compat::HAS_JOURNAL) && sb.journal_inum != 0 {
-            m.insert(sb.journal_inum, "journal");
+            m.push((sb.journal_inum, "journal"));
         }
         m
     }
@@ -440,12 +442,15 @@ impl Walker<'_, '_> {
         ino: InodeNo,
         raw: &[u8],
         offset: u64,
-        special: &HashMap<InodeNo, &'static str>,
+        special: &[(InodeNo, &'static str)],
     ) -> Option<InodeRec> {
         let fs = self.fs;
         let sb = &fs.sb;
         let inode = Inode::parse(raw);
-        let special_name = special.get(&ino).copied();
+        let special_name = special
+            .iter()
+            .find(|(n, _)| *n == ino)
+            .map(|(_, name)| *name);
         let reserved = ino < sb.first_ino && ino != ROOT_INO;
         if reserved && special_name.is_none() {
             return None;
@@ -497,7 +502,7 @@ impl Walker<'_, '_> {
         } else if inode.has_flag(iflags::INLINE_DATA) {
             rec.flags |= object_flags::INLINE_DATA;
             if inode.is_dir() {
-                let len = (inode.size as usize).min(I_BLOCK_LEN);
+                let len = usize::try_from(inode.size).map_or(I_BLOCK_LEN, |n| n.min(I_BLOCK_LEN));
                 // The first four bytes are the parent's inode number.
                 if len > 4 {
                     rec.inline_dir
