@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use crate::error::Result;
 use crate::image::{le, ReadAt};
-use crate::map::{Kind, MapBuilder, Object, ObjectId};
+use crate::map::{Kind, MapBuilder, Object, ObjectId, PartitionInfo};
 
 /// How the guest names the disk and its partitions.
 #[derive(Debug, Clone)]
@@ -125,6 +125,64 @@ pub fn scan(img: &dyn ReadAt, map: &mut MapBuilder, opts: &VolumeOptions) -> Res
     }
     add_unpartitioned(map, &volumes, size);
     Ok(volumes)
+}
+
+/// A partition table entry, resolved to bytes, about to enter the map.
+pub(crate) struct NewPartition {
+    pub parent: ObjectId,
+    pub number: u32,
+    pub device: String,
+    pub range: Range<u64>,
+    pub scheme: &'static str,
+    pub role: &'static str,
+    pub type_id: String,
+    pub label: Option<String>,
+    pub uuid: Option<String>,
+    pub detail: String,
+    /// Where the table entry lives, for warnings about it.
+    pub entry_offset: u64,
+}
+
+/// Adds a partition object and its table row, warning when it overlaps a
+/// sibling (primaries with primaries, logicals with logicals; a logical
+/// partition inside its extended partition is not an overlap).
+pub(crate) fn add_partition(map: &mut MapBuilder, p: NewPartition) -> ObjectId {
+    let logical = p.role == "logical";
+    let overlaps: Vec<String> = map
+        .partitions
+        .iter()
+        .filter(|q| {
+            (q.role == "logical") == logical && q.start < p.range.end && p.range.start < q.end
+        })
+        .map(|q| q.device.clone())
+        .collect();
+    for other in overlaps {
+        map.warn(
+            Some(p.entry_offset),
+            format!("partition {} overlaps {other}", p.device),
+        );
+    }
+    let mut obj = Object::new(Kind::Partition, p.device.clone());
+    obj.parent = Some(p.parent);
+    obj.partition = Some(p.number);
+    obj.device = Some(p.device.clone());
+    obj.size = Some(p.range.end - p.range.start);
+    obj.detail = Some(p.detail);
+    let id = map.add_object(obj);
+    map.add_extent(id, p.range.clone(), 0, 0);
+    map.partitions.push(PartitionInfo {
+        object: id,
+        number: p.number,
+        device: p.device,
+        scheme: p.scheme,
+        start: p.range.start,
+        end: p.range.end,
+        type_id: p.type_id,
+        label: p.label,
+        uuid: p.uuid,
+        role: p.role,
+    });
+    id
 }
 
 /// Gives every byte that no top-level partition covers to one

@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::image::{le, ReadAt};
-use crate::map::{Kind, MapBuilder, Object, ObjectId, PartitionInfo};
-use crate::volume::{format_guid, Region, VolumeOptions, Volumes};
+use crate::map::{Kind, MapBuilder, Object, ObjectId};
+use crate::volume::{add_partition, format_guid, NewPartition, Region, VolumeOptions, Volumes};
 
 const SIGNATURE: &[u8; 8] = b"EFI PART";
 /// The spec's minimum header; anything smaller cannot hold the fields.
@@ -254,7 +254,6 @@ pub fn scan(
         return Ok(());
     };
 
-    let mut placed: Vec<(u32, std::ops::Range<u64>)> = Vec::new();
     for e in entries {
         let number = e.index + 1;
         let device = opts.naming.partition_path(number);
@@ -285,42 +284,23 @@ pub fn scan(
             map.warn(Some(entry_offset), format!("partition {device} ends at byte {end}, past the end of the disk ({size} bytes); clipped"));
         }
         let range = start..end.min(size);
-        for (other, r) in &placed {
-            if r.start < range.end && range.start < r.end {
-                map.warn(
-                    Some(entry_offset),
-                    format!(
-                        "partition {device} overlaps {}",
-                        opts.naming.partition_path(*other)
-                    ),
-                );
-            }
-        }
-        placed.push((number, range.clone()));
-        let mut obj = Object::new(Kind::Partition, device.clone());
-        obj.parent = Some(vols.disk);
-        obj.partition = Some(number);
-        obj.device = Some(device.clone());
-        obj.size = Some(range.end - range.start);
         let type_desc = type_name(&e.type_guid).map_or(e.type_guid.clone(), str::to_string);
-        obj.detail = Some(format!(
-            "gpt partition, type {type_desc}, name {:?}",
-            e.name
-        ));
-        let id = map.add_object(obj);
-        map.add_extent(id, range.clone(), 0, 0);
-        map.partitions.push(PartitionInfo {
-            object: id,
-            number,
-            device: device.clone(),
-            scheme: "gpt",
-            start: range.start,
-            end: range.end,
-            type_id: e.type_guid.clone(),
-            label: (!e.name.is_empty()).then(|| e.name.clone()),
-            uuid: Some(e.unique_guid.clone()),
-            role: "primary",
-        });
+        let id = add_partition(
+            map,
+            NewPartition {
+                parent: vols.disk,
+                number,
+                device: device.clone(),
+                range: range.clone(),
+                scheme: "gpt",
+                role: "primary",
+                type_id: e.type_guid.clone(),
+                label: (!e.name.is_empty()).then(|| e.name.clone()),
+                uuid: Some(e.unique_guid.clone()),
+                detail: format!("gpt partition, type {type_desc}, name {:?}", e.name),
+                entry_offset,
+            },
+        );
         vols.regions.push(Region {
             range,
             parent: id,

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::image::{le, ReadAt};
-use crate::map::{Kind, MapBuilder, Object, ObjectId, PartitionInfo};
-use crate::volume::{Region, VolumeOptions, Volumes};
+use crate::map::{Kind, MapBuilder, Object, ObjectId};
+use crate::volume::{self, NewPartition, Region, VolumeOptions, Volumes};
 
 const TABLE_OFFSET: usize = 446;
 const ENTRY_SIZE: usize = 16;
@@ -112,7 +112,6 @@ pub fn scan(
     let mbr = map.add_object(mbr);
     map.add_extent(mbr, 0..ss, 0, 0);
 
-    let mut primaries: Vec<(u32, std::ops::Range<u64>)> = Vec::new();
     for slot in 0..4 {
         let e = Entry::parse(&sector0, slot);
         if e.is_empty() {
@@ -130,18 +129,6 @@ pub fn scan(
         ) else {
             continue;
         };
-        for (other, r) in &primaries {
-            if r.start < range.end && range.start < r.end {
-                map.warn(
-                    Some(table_offset),
-                    format!(
-                        "partition {device} overlaps {}",
-                        opts.naming.partition_path(*other)
-                    ),
-                );
-            }
-        }
-        primaries.push((number, range.clone()));
         if e.type_id == 0xEE {
             map.warn(
                 Some(table_offset),
@@ -161,6 +148,7 @@ pub fn scan(
             range.clone(),
             e.type_id,
             role,
+            table_offset,
         );
         if e.is_extended() {
             scan_ebr_chain(&ctx, map, id, range, u64::from(e.lba_start), vols)?;
@@ -176,6 +164,7 @@ pub fn scan(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn add_partition(
     map: &mut MapBuilder,
     parent: ObjectId,
@@ -184,28 +173,24 @@ fn add_partition(
     range: std::ops::Range<u64>,
     type_id: u8,
     role: &'static str,
+    entry_offset: u64,
 ) -> ObjectId {
-    let mut obj = Object::new(Kind::Partition, device);
-    obj.parent = Some(parent);
-    obj.partition = Some(number);
-    obj.device = Some(device.to_string());
-    obj.size = Some(range.end - range.start);
-    obj.detail = Some(format!("mbr {role} partition, type 0x{type_id:02x}"));
-    let id = map.add_object(obj);
-    map.add_extent(id, range.clone(), 0, 0);
-    map.partitions.push(PartitionInfo {
-        object: id,
-        number,
-        device: device.to_string(),
-        scheme: "mbr",
-        start: range.start,
-        end: range.end,
-        type_id: format!("0x{type_id:02x}"),
-        label: None,
-        uuid: None,
-        role,
-    });
-    id
+    volume::add_partition(
+        map,
+        NewPartition {
+            parent,
+            number,
+            device: device.to_string(),
+            range,
+            scheme: "mbr",
+            role,
+            type_id: format!("0x{type_id:02x}"),
+            label: None,
+            uuid: None,
+            detail: format!("mbr {role} partition, type 0x{type_id:02x}"),
+            entry_offset,
+        },
+    )
 }
 
 /// Follows the EBR chain inside an extended partition. Each EBR's first slot
@@ -293,6 +278,7 @@ fn scan_ebr_chain(
                     range.clone(),
                     logical.type_id,
                     "logical",
+                    table_offset,
                 );
                 vols.regions.push(Region {
                     range,
