@@ -129,7 +129,7 @@ fn progress_bar() -> indicatif::ProgressBar {
         let pb = indicatif::ProgressBar::new(0);
         pb.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} {msg:30} [{bar:40}] {pos}/{len} groups",
+                "{spinner} {msg:32} [{bar:40}] {pos}/{len} groups",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -138,6 +138,19 @@ fn progress_bar() -> indicatif::ProgressBar {
     } else {
         indicatif::ProgressBar::hidden()
     }
+}
+
+/// The last phase has no countable steps: a ticking spinner says it is alive.
+fn spinner_phase(pb: &indicatif::ProgressBar, msg: &str) {
+    if pb.is_hidden() {
+        return;
+    }
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
 }
 
 fn cmd_index(
@@ -163,10 +176,11 @@ fn cmd_index(
     let pb = progress_bar();
     let idx =
         index::index(&img, &opts, &pb).with_context(|| format!("indexing {}", image.display()))?;
-    pb.finish_and_clear();
+    spinner_phase(&pb, &format!("writing {}", out.display()));
     let meta = index::meta_rows(image, Some(img.file()), &idx, &opts);
     store::write(&out, &idx.map, &idx.layout, &meta, force)
         .with_context(|| format!("writing {}", out.display()))?;
+    pb.finish_and_clear();
 
     let files: u64 = idx.map.filesystems.iter().map(|f| f.files).sum();
     let dirs: u64 = idx.map.filesystems.iter().map(|f| f.directories).sum();

@@ -151,9 +151,9 @@ pub fn walk(
         xattr_blocks: HashMap::new(),
     };
     w.add_group_metadata(&descs);
-    progress.set_length(groups * 2);
+    progress.set_length(groups);
     progress.set_position(0);
-    progress.set_message(format!("{} inodes", region.device));
+    progress.set_message(format!("{} inode tables", region.device));
     let inodes = w.read_inodes(&descs, progress);
     progress.set_message(format!("{} directories", region.device));
     let entries = w.read_directories(&inodes);
@@ -162,7 +162,8 @@ pub fn walk(
     info.directories = counts.1;
     info.symlinks = counts.2;
     info.unlinked_inodes = counts.3;
-    progress.set_message(format!("{} free space", region.device));
+    progress.set_position(0);
+    progress.set_message(format!("{} block bitmaps", region.device));
     info.free_bytes = w.add_free_space(&descs, progress);
     w.map.filesystems.push(info);
     Ok(())
