@@ -803,3 +803,76 @@ fn allocated_but_unclaimed_block_is_unknown() {
         (block as i64 * 4096, (block as i64 + 1) * 4096, "unknown")
     );
 }
+
+/// bigalloc is refused with a message naming the superblock's feature
+/// field; the map is still written (the disk is mapped) and the exit status
+/// says it is partial.
+#[test]
+fn bigalloc_is_refused_clearly() {
+    let b = build(
+        "bigalloc",
+        "ext4",
+        4096,
+        "bigalloc",
+        &["-C", "16384"],
+        "64M",
+        |t| {
+            t.file("/a", 100_000);
+        },
+    );
+    let run = bmap_index(&b.img, &b.map, &[]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("bigalloc"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("at byte 1124"),
+        "s_feature_ro_compat is at 1024 + 0x64: {}",
+        run.stderr
+    );
+    let conn = open_map(&b.map);
+    assert_layout_tiles(&conn, image_size(&b.img));
+}
+
+/// A filesystem whose journal lives on another device: reported, not an
+/// error, and nothing in this image is taken for the journal.
+#[test]
+fn external_journal_is_reported() {
+    let b = build(
+        "extjournal",
+        "ext4",
+        4096,
+        "^has_journal",
+        &[],
+        "32M",
+        standard_tree,
+    );
+    debugfs_write(
+        &b.img,
+        &[
+            "feature has_journal".to_string(),
+            "ssv journal_dev 0x0801".to_string(),
+            "ssv journal_uuid 0a0b0c0d-0000-1111-2222-333344445555".to_string(),
+        ],
+    );
+    let conn = bmap_index_clean(&b.img, &b.map, &[]);
+    let ext: String = conn
+        .query_row("SELECT external_journal FROM filesystems", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        ext.contains("0x801") && ext.contains("0a0b0c0d-0000-1111-2222-333344445555"),
+        "{ext}"
+    );
+    let journal: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM objects WHERE kind = 'journal'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(journal, 0);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bmap"))
+        .arg("info")
+        .arg(&b.map)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("external journal, device 0x801"));
+}
