@@ -131,7 +131,12 @@ fn write_to(
     layout: &[Segment],
     meta: &[(String, String)],
 ) -> Result<()> {
-    let mut conn = Connection::open(tmp)?;
+    let mut conn = Connection::open_with_flags(
+        tmp,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     // The file is private until renamed: no journal needed, and the final
     // fsync below makes it durable before it takes the map's name.
     conn.pragma_update(None, "journal_mode", "OFF")?;
