@@ -12,7 +12,7 @@ use std::ops::Range;
 
 /// What an object is. Stored as text in the map; the strings are part of the
 /// public SQL surface, so they are extended, never renamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Disk,
     Mbr,
@@ -40,6 +40,7 @@ pub enum Kind {
     ExtentBlock,
     IndirectBlock,
     XattrBlock,
+    #[default]
     Unknown,
 }
 
@@ -185,7 +186,7 @@ pub mod object_flags {
 #[derive(Debug, Clone, Default)]
 pub struct Object {
     pub parent: Option<ObjectId>,
-    pub kind: Option<Kind>,
+    pub kind: Kind,
     /// Display name, unique enough to read in a log: `/dev/sda1 /etc/fstab`,
     /// `/dev/sda1 inode-table group 3`.
     pub name: String,
@@ -206,14 +207,14 @@ pub struct Object {
 impl Object {
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
         Object {
-            kind: Some(kind),
+            kind,
             name: name.into(),
             ..Object::default()
         }
     }
 
     pub fn kind(&self) -> Kind {
-        self.kind.unwrap_or(Kind::Unknown)
+        self.kind
     }
 }
 

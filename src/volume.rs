@@ -214,17 +214,13 @@ fn add_unpartitioned(map: &mut MapBuilder, volumes: &Volumes, size: u64) {
     }
     let mut obj = Object::new(
         Kind::Unpartitioned,
-        format!("{} unpartitioned", volumes_disk_name(map, volumes)),
+        format!("{} unpartitioned", map.object(volumes.disk).name),
     );
     obj.parent = Some(volumes.disk);
     obj.device = map.object(volumes.disk).device.clone();
     obj.size = Some(gaps.iter().map(|g| g.end - g.start).sum());
     let id = map.add_object(obj);
     map.add_concatenated(id, gaps);
-}
-
-fn volumes_disk_name(map: &MapBuilder, volumes: &Volumes) -> String {
-    map.object(volumes.disk).name.clone()
 }
 
 /// Formats a GUID stored in the mixed-endian on-disk form.
