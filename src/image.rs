@@ -111,6 +111,27 @@ impl ReadAt for MemImage {
     }
 }
 
+/// Container formats that wrap a disk rather than being one. bmap maps raw
+/// images; mapping a container's own bytes as if they were the guest's disk
+/// would be silently wrong, so these are refused with a hint.
+pub fn container_format(img: &dyn ReadAt) -> Option<&'static str> {
+    let mut head = [0u8; 8];
+    img.read_exact_at(&mut head, 0).ok()?;
+    if head.starts_with(b"QFI\xfb") {
+        Some("qcow2")
+    } else if head.starts_with(b"KDMV") {
+        Some("vmdk")
+    } else if &head == b"vhdxfile" {
+        Some("vhdx")
+    } else if &head == b"conectix" {
+        Some("vhd (dynamic)")
+    } else {
+        let mut vdi = [0u8; 4];
+        img.read_exact_at(&mut vdi, 0x40).ok()?;
+        (u32::from_le_bytes(vdi) == 0xBEDA_107F).then_some("vdi")
+    }
+}
+
 /// Little-endian field readers over a byte slice. Offsets here are constants
 /// from the on-disk format or already checked against the slice, but a short
 /// slice yields zero rather than a panic so hostile input cannot crash us.

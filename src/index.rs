@@ -46,6 +46,13 @@ pub fn index(
     opts: &IndexOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<Indexed> {
+    if let Some(format) = crate::image::container_format(img) {
+        return Err(crate::Error::unsupported(
+            "image format",
+            0,
+            format!("this is a {format} image, not a raw disk; convert it first: qemu-img convert -O raw IMAGE disk.img"),
+        ));
+    }
     let mut map = MapBuilder::new(img.size());
     let vopts = VolumeOptions {
         naming: DeviceNaming::new(&opts.device),

@@ -234,3 +234,43 @@ fn sqlite3_reads_the_public_views() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines, vec!["1".to_string(), (64u64 << 20).to_string()]);
 }
+
+#[test]
+fn container_formats_are_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sample_image(dir.path());
+    for (format, name) in [
+        ("qcow2", "qcow2"),
+        ("vmdk", "vmdk"),
+        ("vdi", "vdi"),
+        ("vhdx", "vhdx"),
+    ] {
+        let converted = dir.path().join(format!("sample.{format}"));
+        let out = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", format])
+            .arg(&img)
+            .arg(&converted)
+            .output()
+            .expect("qemu-img must be installed (tests/run.sh installs qemu-utils)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let map = dir.path().join(format!("{format}.bmap"));
+        let out = bmap()
+            .arg("index")
+            .arg(&converted)
+            .arg("-o")
+            .arg(&map)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{format}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{name} image")) && stderr.contains("qemu-img convert"),
+            "{stderr}"
+        );
+        assert!(!map.exists());
+    }
+}

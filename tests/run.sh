@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # tool -> Debian package
 declare -A need=(
   [mke2fs]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [e2fsck]=e2fsprogs
-  [sgdisk]=gdisk [sfdisk]=fdisk [gzip]=gzip [python3]=python3 [sqlite3]=sqlite3
+  [sgdisk]=gdisk [sfdisk]=fdisk [gzip]=gzip [python3]=python3 [sqlite3]=sqlite3 [qemu-img]=qemu-utils
 )
 missing=()
 for tool in "${!need[@]}"; do
