@@ -68,14 +68,10 @@ pub struct VolumeOptions {
     pub sector_size: Option<u64>,
 }
 
-const EXT_MAGIC_OFFSET: u64 = 1024 + 0x38;
-
-/// True if an ext2/3/4 superblock magic sits at `start + 1080`.
+/// True if an ext2/3/4 filesystem (its primary superblock, or group 1's
+/// backup when the primary is damaged) starts at `start`.
 pub fn has_ext_magic(img: &dyn ReadAt, start: u64) -> bool {
-    let mut b = [0u8; 2];
-    img.read_exact_at(&mut b, start.saturating_add(EXT_MAGIC_OFFSET))
-        .is_ok()
-        && u16::from_le_bytes(b) == 0xEF53
+    crate::ext4::superblock::probe(img, start)
 }
 
 /// Scans the partition table (if any) and adds disk-level objects.

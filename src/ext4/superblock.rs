@@ -2,7 +2,7 @@
 //! byte 1024 of the filesystem.
 
 use crate::error::{Error, Result};
-use crate::image::le;
+use crate::image::{le, ReadAt};
 
 pub const SUPERBLOCK_OFFSET: u64 = 1024;
 pub const SUPERBLOCK_SIZE: usize = 1024;
@@ -72,6 +72,8 @@ pub struct Superblock {
     pub rev_level: u32,
     pub first_ino: u32,
     pub inode_size: u64,
+    /// Which group this copy lives in (0 for the primary).
+    pub block_group_nr: u16,
     pub feature_compat: u32,
     pub feature_incompat: u32,
     pub feature_ro_compat: u32,
@@ -218,6 +220,7 @@ impl Superblock {
             rev_level,
             first_ino,
             inode_size,
+            block_group_nr: le::u16_at(b, 0x5A),
             feature_compat,
             feature_incompat,
             feature_ro_compat,
@@ -389,6 +392,68 @@ impl Superblock {
             "ext2"
         }
     }
+}
+
+/// Offsets (from the filesystem's start) where group 1's superblock copy
+/// sits for each block size when groups have mke2fs's default 8 × block
+/// size blocks — where e2fsck looks when the primary is damaged.
+pub fn backup_candidates() -> impl Iterator<Item = (u64, u32)> {
+    (0..=6u32).map(|log| {
+        let bs = 1024u64 << log;
+        let first_data_block = u64::from(log == 0);
+        ((first_data_block + 8 * bs) * bs, log)
+    })
+}
+
+/// Reads the superblock of the filesystem starting at `fs_start`. When the
+/// primary copy is damaged, group 1's backup is used if one is found (its
+/// offset is returned); otherwise the primary's error is.
+pub fn read(img: &dyn ReadAt, fs_start: u64) -> Result<(Superblock, Option<u64>)> {
+    let primary_at = fs_start + SUPERBLOCK_OFFSET;
+    let primary = img
+        .read_vec("ext superblock", primary_at, SUPERBLOCK_SIZE as u64)
+        .and_then(|b| Superblock::parse(&b, primary_at));
+    let err = match primary {
+        Ok(sb) => return Ok((sb, None)),
+        Err(e) => e,
+    };
+    for (offset, log) in backup_candidates() {
+        let Some(at) = fs_start.checked_add(offset) else {
+            continue;
+        };
+        let Ok(bytes) = img.read_vec("ext superblock backup", at, SUPERBLOCK_SIZE as u64) else {
+            continue;
+        };
+        if let Ok(sb) = Superblock::parse(&bytes, at) {
+            if sb.log_block_size == log && sb.block_group_nr == 1 {
+                return Ok((sb, Some(at)));
+            }
+        }
+    }
+    Err(err)
+}
+
+/// True if an ext2/3/4 superblock, primary or group 1's backup, is found for
+/// a filesystem starting at `fs_start`.
+pub fn probe(img: &dyn ReadAt, fs_start: u64) -> bool {
+    let mut magic = [0u8; 2];
+    let primary = img
+        .read_exact_at(
+            &mut magic,
+            fs_start.saturating_add(SUPERBLOCK_OFFSET + 0x38),
+        )
+        .is_ok()
+        && u16::from_le_bytes(magic) == MAGIC;
+    primary
+        || backup_candidates().any(|(offset, log)| {
+            let mut b = [0u8; 0x5C];
+            fs_start
+                .checked_add(offset)
+                .is_some_and(|at| img.read_exact_at(&mut b, at).is_ok())
+                && le::u16_at(&b, 0x38) == MAGIC
+                && le::u32_at(&b, 0x18) == log
+                && le::u16_at(&b, 0x5A) == 1
+        })
 }
 
 /// Formats a UUID as blkid does.

@@ -15,7 +15,7 @@ use crate::ext4::extent::{self, BlockMap};
 use crate::ext4::group::{self, bg_flags, GroupDesc};
 use crate::ext4::inode::{iflags, Inode, I_BLOCK_LEN};
 use crate::ext4::superblock::{
-    compat, format_uuid, incompat, Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE,
+    self, compat, format_uuid, incompat, Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE,
 };
 use crate::ext4::{blockmap, xattr, Fs, FsBlock, InodeNo};
 use crate::image::ReadAt;
@@ -53,8 +53,22 @@ pub fn walk(
     progress: &indicatif::ProgressBar,
 ) -> Result<()> {
     let sb_offset = region.range.start + SUPERBLOCK_OFFSET;
-    let sb_bytes = img.read_vec("ext superblock", sb_offset, SUPERBLOCK_SIZE as u64)?;
-    let sb = Superblock::parse(&sb_bytes, sb_offset)?;
+    let (sb, backup) = superblock::read(img, region.range.start)?;
+    if let Some(at) = backup {
+        // Say what is wrong with the primary, at its own offset.
+        let why = img
+            .read_vec("ext superblock", sb_offset, SUPERBLOCK_SIZE as u64)
+            .and_then(|b| Superblock::parse(&b, sb_offset))
+            .err();
+        map.warn(
+            why.as_ref().and_then(|e| e.offset()).or(Some(sb_offset)),
+            format!(
+                "{}: primary superblock is damaged ({}); using the backup in group 1 at byte {at}",
+                region.device,
+                why.map_or_else(String::new, |e| e.to_string())
+            ),
+        );
+    }
     let block_size = sb.block_size();
     let fs = Fs {
         img,
