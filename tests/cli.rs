@@ -24,16 +24,21 @@ fn sample_image(dir: &Path) -> PathBuf {
     img
 }
 
+/// `bmap index IMG -o MAP`, which must succeed cleanly.
+fn index_to(img: &Path, map: &Path) {
+    bmap()
+        .arg("index")
+        .arg(img)
+        .arg("-o")
+        .arg(map)
+        .assert()
+        .success();
+}
+
 fn index(dir: &Path) -> (PathBuf, PathBuf) {
     let img = sample_image(dir);
     let map = dir.join("sample.bmap");
-    bmap()
-        .arg("index")
-        .arg(&img)
-        .arg("-o")
-        .arg(&map)
-        .assert()
-        .success();
+    index_to(&img, &map);
     (img, map)
 }
 
@@ -55,13 +60,7 @@ fn index_is_read_only_and_refuses_to_overwrite() {
     perms.set_readonly(true);
     std::fs::set_permissions(&img, perms).unwrap();
     let map = dir.path().join("m.bmap");
-    bmap()
-        .arg("index")
-        .arg(&img)
-        .arg("-o")
-        .arg(&map)
-        .assert()
-        .success();
+    index_to(&img, &map);
     assert_eq!(sha256(&img), before, "the image changed");
     let out = bmap()
         .arg("index")
