@@ -14,6 +14,7 @@ pub mod index;
 pub mod map;
 pub mod query;
 pub mod store;
+pub mod trace;
 pub mod units;
 pub mod volume;
 
