@@ -13,6 +13,7 @@ pub mod image;
 pub mod index;
 pub mod map;
 pub mod query;
+pub mod replay;
 pub mod store;
 pub mod trace;
 pub mod units;

@@ -12,6 +12,8 @@ use bmap::index::{self, IndexOptions};
 use bmap::units::{human, parse_range};
 use bmap::{query, store};
 
+mod replay_cmd;
+
 /// Map every byte of a VM disk image to what lives there.
 #[derive(Debug, Parser)]
 #[command(name = "bmap", version, about, long_about = None)]
@@ -57,6 +59,46 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Join a block-level I/O trace with a map: which objects did the guest
+    /// read and write, in order?
+    Replay {
+        /// The trace file (nbdkit log filter, qemu trace events, blkparse
+        /// text, or CSV `time,op,offset,length`); `-` reads standard input.
+        trace: PathBuf,
+        /// The map [default: the only *.bmap in the current directory].
+        #[arg(long)]
+        map: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = TraceFormat::Auto)]
+        format: TraceFormat,
+        /// Files in order of first access, bytes per kind, reads of free space.
+        #[arg(long, conflicts_with = "boot_list")]
+        summary: bool,
+        /// Paths in first-access order, one per line (for readahead tools).
+        #[arg(long)]
+        boot_list: bool,
+        /// Log every piece with its disk offset, offset in the object and time.
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+        /// Also store the trace in the map (tables behind the `accesses` and
+        /// `accessed_objects` views); storing it again replaces it.
+        #[arg(long)]
+        store: bool,
+        /// Name to store the trace under [default: the trace's file name].
+        #[arg(long, requires = "store")]
+        name: Option<String>,
+        /// blkparse: the action whose lines are requests [default: D, or Q
+        /// when the trace has no D lines].
+        #[arg(long)]
+        action: Option<String>,
+        /// blkparse: byte offset of the traced device in the image, when a
+        /// partition rather than the whole disk was traced (e.g. 1M, 2048s).
+        #[arg(long, value_parser = parse_size_arg)]
+        offset: Option<u64>,
+    },
     /// Write a map in another tool's format.
     Export {
         map: PathBuf,
@@ -66,6 +108,19 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TraceFormat {
+    Auto,
+    Nbdkit,
+    Qemu,
+    Blkparse,
+    Csv,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    bmap::units::parse_size(s)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,6 +176,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             output,
         } => cmd_export(&map, format, output),
+        Command::Replay {
+            trace,
+            map,
+            format,
+            summary,
+            boot_list,
+            verbose,
+            json,
+            csv,
+            store,
+            name,
+            action,
+            offset,
+        } => replay_cmd::run(replay_cmd::Args {
+            trace,
+            map,
+            format: match format {
+                TraceFormat::Auto => None,
+                TraceFormat::Nbdkit => Some(bmap::trace::Format::Nbdkit),
+                TraceFormat::Qemu => Some(bmap::trace::Format::Qemu),
+                TraceFormat::Blkparse => Some(bmap::trace::Format::Blkparse),
+                TraceFormat::Csv => Some(bmap::trace::Format::Csv),
+            },
+            view: if summary {
+                bmap::replay::View::Summary
+            } else if boot_list {
+                bmap::replay::View::BootList
+            } else {
+                bmap::replay::View::Log
+            },
+            output: if json {
+                bmap::replay::OutputFormat::Json
+            } else if csv {
+                bmap::replay::OutputFormat::Csv
+            } else {
+                bmap::replay::OutputFormat::Text
+            },
+            verbose,
+            store,
+            name,
+            action,
+            offset: offset.unwrap_or(0),
+        }),
     }
 }
 

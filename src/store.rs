@@ -12,7 +12,10 @@ use crate::map::{MapBuilder, ObjectId, Segment};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how
 /// many a map has. Append only: a released migration never changes.
-const MIGRATIONS: &[&str] = &[include_str!("../schema/001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../schema/001_initial.sql"),
+    include_str!("../schema/002_traces.sql"),
+];
 
 /// The schema version this bmap writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -352,6 +355,145 @@ fn opt_text(s: Option<&str>) -> ToSqlOutput<'_> {
 /// anything larger is clamped rather than wrapped to a negative number.
 fn to_sql_u64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Writes one trace into a map (`bmap replay --store`), streaming: rows
+/// are buffered a few hundred at a time, all in one transaction, so a
+/// failure leaves the map as it was. Storing a trace with the same name or
+/// the same content again replaces it.
+pub struct TraceStore {
+    conn: Connection,
+    name: String,
+    requests: Vec<Value>,
+    pieces: Vec<Value>,
+}
+
+const REQUEST_COLUMNS: usize = 7;
+const PIECE_COLUMNS: usize = 4;
+
+impl TraceStore {
+    pub fn begin(
+        map: &Path,
+        name: &str,
+        sha256: &str,
+        format: &str,
+        path: Option<&str>,
+        now: &str,
+    ) -> Result<TraceStore> {
+        let conn = open(map, true)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let old: Vec<String> = conn
+            .prepare("SELECT name FROM traces WHERE name = ?1 OR sha256 = ?2")?
+            .query_map([name, sha256], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for old in &old {
+            conn.execute("DELETE FROM trace_objects WHERE trace = ?1", [old])?;
+            conn.execute("DELETE FROM trace_requests WHERE trace = ?1", [old])?;
+            conn.execute("DELETE FROM traces WHERE name = ?1", [old])?;
+        }
+        conn.execute(
+            "INSERT INTO traces(name, sha256, format, path, stored_at, requests) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+            rusqlite::params![name, sha256, format, path, now],
+        )?;
+        Ok(TraceStore {
+            conn,
+            name: name.to_string(),
+            requests: Vec::with_capacity(ROWS_PER_INSERT * REQUEST_COLUMNS),
+            pieces: Vec::with_capacity(ROWS_PER_INSERT * PIECE_COLUMNS),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn request(
+        &mut self,
+        seq: u64,
+        time: Option<f64>,
+        op: &str,
+        offset: u64,
+        length: u64,
+        failed: Option<&str>,
+    ) -> Result<()> {
+        self.requests.extend([
+            Value::Text(self.name.clone()),
+            Value::Integer(to_sql_u64(seq)),
+            time.map_or(Value::Null, Value::Real),
+            Value::Text(op.to_string()),
+            Value::Integer(to_sql_u64(offset)),
+            Value::Integer(to_sql_u64(length)),
+            failed.map_or(Value::Null, |f| Value::Text(f.to_string())),
+        ]);
+        if self.requests.len() >= ROWS_PER_INSERT * REQUEST_COLUMNS {
+            self.flush_requests()?;
+        }
+        Ok(())
+    }
+
+    pub fn piece(&mut self, seq: u64, object: Option<u32>, bytes: u64) -> Result<()> {
+        self.pieces.extend([
+            Value::Text(self.name.clone()),
+            Value::Integer(to_sql_u64(seq)),
+            object.map_or(Value::Null, |o| Value::Integer(i64::from(o))),
+            Value::Integer(to_sql_u64(bytes)),
+        ]);
+        if self.pieces.len() >= ROWS_PER_INSERT * PIECE_COLUMNS {
+            self.flush_pieces()?;
+        }
+        Ok(())
+    }
+
+    fn flush(
+        conn: &Connection,
+        table: &str,
+        columns: &str,
+        n: usize,
+        values: &mut Vec<Value>,
+    ) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let rows = values.len() / n;
+        let one = format!("({})", vec!["?"; n].join(","));
+        let sql = format!(
+            "INSERT INTO {table}({columns}) VALUES {}",
+            vec![one; rows].join(",")
+        );
+        conn.prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(values.iter()))?;
+        values.clear();
+        Ok(())
+    }
+
+    fn flush_requests(&mut self) -> Result<()> {
+        Self::flush(
+            &self.conn,
+            "trace_requests",
+            "trace, seq, time, op, offset, length, failed",
+            REQUEST_COLUMNS,
+            &mut self.requests,
+        )
+    }
+
+    fn flush_pieces(&mut self) -> Result<()> {
+        Self::flush(
+            &self.conn,
+            "trace_objects",
+            "trace, seq, object, bytes",
+            PIECE_COLUMNS,
+            &mut self.pieces,
+        )
+    }
+
+    /// Writes what is buffered and commits.
+    pub fn finish(mut self, requests: u64) -> Result<()> {
+        self.flush_requests()?;
+        self.flush_pieces()?;
+        self.conn.execute(
+            "UPDATE traces SET requests = ?1 WHERE name = ?2",
+            rusqlite::params![to_sql_u64(requests), self.name],
+        )?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -79,10 +79,16 @@ pub enum Event {
     Request(Request),
     /// The size of the exported disk, when the trace states it (nbdkit's
     /// `Connect ... size=`): replay warns when it differs from the map's.
-    DiskSize { line: u64, size: u64 },
+    DiskSize {
+        line: u64,
+        size: u64,
+    },
     /// Something odd that does not stop parsing (an unpaired completion,
     /// skipped probe reads…).
-    Warning { line: u64, message: String },
+    Warning {
+        line: u64,
+        message: String,
+    },
 }
 
 /// A trace that cannot be read further.
@@ -228,7 +234,12 @@ pub fn events<'a, R: BufRead + 'a>(format: Format, reader: R, opts: &ParseOption
     }
 }
 
-/// Guesses the format from the first lines of a trace.
+/// Guesses the format from the first lines of a trace: the first line that
+/// one format recognises decides (nbdkit's `Ready`/`Fork`/`Preconnect`/
+/// `connection=N …` lines, qemu's `blk_co_*` events, blkparse's
+/// `maj,min cpu seq time pid action` lines, CSV rows or header). Lines no
+/// format recognises, such as the program output on qemu's stderr, are
+/// passed over.
 pub fn detect(lines: &[&[u8]]) -> Option<Format> {
     for l in lines {
         let s = String::from_utf8_lossy(l);
@@ -236,10 +247,10 @@ pub fn detect(lines: &[&[u8]]) -> Option<Format> {
         if t.is_empty() {
             continue;
         }
-        if t.contains("connection=") || t.contains(" Preconnect ") || t.ends_with(" Ready thread_model=3") || t.contains(" Ready thread_model=") {
+        if nbdkit::looks_like(t) {
             return Some(Format::Nbdkit);
         }
-        if t.contains("blk_co_preadv") || t.contains("blk_co_pwritev") || t.contains("blk_co_pwrite_zeroes") || t.contains("blk_co_pdiscard") {
+        if qemu::looks_like(t) {
             return Some(Format::Qemu);
         }
         if blkparse::looks_like(t) {
@@ -272,7 +283,10 @@ mod tests {
         let mut r = LineReader::new(io::BufReader::with_capacity(1000, &data[..]));
         assert_eq!(r.next_line().unwrap().unwrap(), b"one");
         assert_eq!(r.next_line().unwrap().unwrap(), b"two");
-        assert!(matches!(r.next_line().unwrap(), Err(TraceError::LineTooLong { line: 3, .. })));
+        assert!(matches!(
+            r.next_line().unwrap(),
+            Err(TraceError::LineTooLong { line: 3, .. })
+        ));
         assert_eq!(r.next_line().unwrap().unwrap(), b"four");
         assert_eq!(r.line(), 4);
         assert!(r.next_line().is_none());

@@ -173,6 +173,7 @@ pub fn scan(
 
     let mut pmbr = Object::new(Kind::Mbr, format!("{disk} protective MBR"));
     pmbr.parent = Some(vols.disk);
+    pmbr.device = Some(disk.clone());
     let pmbr = map.add_object(pmbr);
     map.add_extent(pmbr, 0..ss, 0, 0);
 
@@ -321,6 +322,7 @@ fn add_structure(
 ) -> ObjectId {
     let mut obj = Object::new(kind, name);
     obj.parent = Some(disk);
+    obj.device = map.object(disk).device.clone();
     let id = map.add_object(obj);
     map.add_extent(id, offset..offset.saturating_add(len), 0, 0);
     id

@@ -109,6 +109,7 @@ pub fn scan(
     let sector0 = img.read_vec("MBR", 0, ss.min(img.size()))?;
     let mut mbr = Object::new(Kind::Mbr, format!("{} MBR", opts.naming.disk_path()));
     mbr.parent = Some(vols.disk);
+    mbr.device = Some(opts.naming.disk_path());
     let mbr = map.add_object(mbr);
     map.add_extent(mbr, 0..ss, 0, 0);
 
@@ -246,6 +247,7 @@ fn scan_ebr_chain(
             format!("{} EBR of {device}", ctx.opts.naming.disk_path()),
         );
         ebr.parent = Some(extended);
+        ebr.device = Some(ctx.opts.naming.disk_path());
         let ebr_id = map.add_object(ebr);
         map.add_extent(ebr_id, offset..offset + ctx.ss, 0, 0);
 
