@@ -9,11 +9,14 @@ cd "$(dirname "$0")/.."
 declare -A need=(
   [mke2fs]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [e2fsck]=e2fsprogs
   [sgdisk]=gdisk [sfdisk]=fdisk [gzip]=gzip [python3]=python3 [sqlite3]=sqlite3 [qemu-img]=qemu-utils
+  [qemu-io]=qemu-utils [nbdkit]=nbdkit [nbdcopy]=libnbd-bin
 )
 missing=()
 for tool in "${!need[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/sbin:/usr/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("${need[$tool]}")
 done
+# `time` is a shell keyword, so look for the program itself.
+[ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
   pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
   echo "tests/run.sh: installing $pkgs"
