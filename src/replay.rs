@@ -326,25 +326,40 @@ pub struct ObjectStats {
     pub coverage: Coverage,
 }
 
-/// Is this op one that moves data from the disk?
-pub fn reads(op: Op) -> bool {
-    op == Op::Read
-}
-
-/// Requests beyond this many pieces are summarised (a single 4 GiB read of
-/// a fragmented region could otherwise print millions of lines).
-pub const MAX_PIECES_PER_REQUEST: usize = 1 << 20;
-
-/// Convenience for tests: the pieces of one request.
-pub fn pieces(index: &MapIndex, r: &Request) -> Vec<Piece> {
-    let mut v = Vec::new();
-    index.split(r.offset, r.length, |p| v.push(p));
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn index() -> MapIndex {
+        MapIndex {
+            image_size: 100,
+            starts: vec![0, 10, 40],
+            ends: vec![10, 40, 100],
+            owners: vec![1, 2, 3],
+            objects: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn split_walks_segments_and_reports_bytes_past_the_end() {
+        let mut got = Vec::new();
+        index().split(5, 200, |p| got.push((p.object, p.disk_offset, p.length)));
+        assert_eq!(
+            got,
+            vec![
+                (Some(1), 5, 5),
+                (Some(2), 10, 30),
+                (Some(3), 40, 60),
+                (None, 100, 105)
+            ]
+        );
+        let mut past = Vec::new();
+        index().split(150, 10, |p| past.push((p.object, p.disk_offset, p.length)));
+        assert_eq!(past, vec![(None, 150, 10)]);
+        let mut overflow = Vec::new();
+        index().split(u64::MAX - 5, 100, |p| overflow.push(p.length));
+        assert_eq!(overflow, vec![5]);
+    }
 
     #[test]
     fn coverage_counts_new_bytes() {
