@@ -62,6 +62,9 @@ pub struct Parser<R> {
 /// a trace without completions still streams, and memory stays bounded.
 pub const WINDOW: usize = 4096;
 
+/// How far into the window a completion looks for its request.
+const MAX_IN_FLIGHT: usize = 1024;
+
 impl<R: BufRead> Parser<R> {
     pub fn new(lines: LineReader<R>, opts: &ParseOptions) -> Self {
         let action = match opts.blkparse_action.as_deref().map(str::trim) {
@@ -136,9 +139,15 @@ impl<R: BufRead> Parser<R> {
             }
         }
         if is_completion {
-            let pending = self.window.iter_mut().find(|(p, done)| {
-                !done && p.op == r.op && p.offset == r.offset && p.length == r.length
-            });
+            // A device has at most a few hundred requests in flight; looking
+            // further would let unmatched completions cost quadratic time.
+            let pending = self
+                .window
+                .iter_mut()
+                .take(MAX_IN_FLIGHT)
+                .find(|(p, done)| {
+                    !done && p.op == r.op && p.offset == r.offset && p.length == r.length
+                });
             if let Some((p, done)) = pending {
                 *done = true;
                 p.failed = r.failed;
