@@ -363,7 +363,10 @@ fn to_sql_u64(v: u64) -> i64 {
 /// the same content again replaces it.
 pub struct TraceStore {
     conn: Connection,
-    name: String,
+    id: i64,
+    /// Indexes of `trace_objects`, set aside during the bulk insert (its
+    /// object index would otherwise be updated at random for every row).
+    indexes: Vec<String>,
     requests: Vec<Value>,
     pieces: Vec<Value>,
 }
@@ -382,22 +385,31 @@ impl TraceStore {
     ) -> Result<TraceStore> {
         let conn = open(map, true)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        let old: Vec<String> = conn
-            .prepare("SELECT name FROM traces WHERE name = ?1 OR sha256 = ?2")?
+        let old: Vec<i64> = conn
+            .prepare("SELECT id FROM traces WHERE name = ?1 OR sha256 = ?2")?
             .query_map([name, sha256], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for old in &old {
             conn.execute("DELETE FROM trace_objects WHERE trace = ?1", [old])?;
             conn.execute("DELETE FROM trace_requests WHERE trace = ?1", [old])?;
-            conn.execute("DELETE FROM traces WHERE name = ?1", [old])?;
+            conn.execute("DELETE FROM traces WHERE id = ?1", [old])?;
         }
         conn.execute(
             "INSERT INTO traces(name, sha256, format, path, stored_at, requests) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
             rusqlite::params![name, sha256, format, path, now],
         )?;
+        let id = conn.last_insert_rowid();
+        let indexes: Vec<(String, String)> = conn
+            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trace_objects' AND sql IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (name, _) in &indexes {
+            conn.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+        }
         Ok(TraceStore {
             conn,
-            name: name.to_string(),
+            id,
+            indexes: indexes.into_iter().map(|(_, sql)| sql).collect(),
             requests: Vec::with_capacity(ROWS_PER_INSERT * REQUEST_COLUMNS),
             pieces: Vec::with_capacity(ROWS_PER_INSERT * PIECE_COLUMNS),
         })
@@ -414,7 +426,7 @@ impl TraceStore {
         failed: Option<&str>,
     ) -> Result<()> {
         self.requests.extend([
-            Value::Text(self.name.clone()),
+            Value::Integer(self.id),
             Value::Integer(to_sql_u64(seq)),
             time.map_or(Value::Null, Value::Real),
             Value::Text(op.to_string()),
@@ -430,7 +442,7 @@ impl TraceStore {
 
     pub fn piece(&mut self, seq: u64, object: Option<u32>, bytes: u64) -> Result<()> {
         self.pieces.extend([
-            Value::Text(self.name.clone()),
+            Value::Integer(self.id),
             Value::Integer(to_sql_u64(seq)),
             object.map_or(Value::Null, |o| Value::Integer(i64::from(o))),
             Value::Integer(to_sql_u64(bytes)),
@@ -488,9 +500,12 @@ impl TraceStore {
         self.flush_requests()?;
         self.flush_pieces()?;
         self.conn.execute(
-            "UPDATE traces SET requests = ?1 WHERE name = ?2",
-            rusqlite::params![to_sql_u64(requests), self.name],
+            "UPDATE traces SET requests = ?1 WHERE id = ?2",
+            rusqlite::params![to_sql_u64(requests), self.id],
         )?;
+        for sql in &self.indexes {
+            self.conn.execute_batch(sql)?;
+        }
         self.conn.execute_batch("COMMIT")?;
         Ok(())
     }
