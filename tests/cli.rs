@@ -273,3 +273,37 @@ fn container_formats_are_refused_with_a_hint() {
         assert!(!map.exists());
     }
 }
+
+#[test]
+fn shipped_trace_replays_against_the_shipped_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, map) = index(dir.path());
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-maps/boot.nbdkit.log");
+    let out = bmap()
+        .arg("replay")
+        .arg(&trace)
+        .arg("--map")
+        .arg(&map)
+        .arg("--boot-list")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8(out.stdout).unwrap();
+    let expected = [
+        "/grub/grub.cfg",
+        "/vmlinuz-6.1.0-sample",
+        "/initrd.img-6.1.0-sample",
+        "/etc/fstab",
+        "/etc/hostname",
+        "/etc/passwd",
+        "/etc/systemd/system/sample.service",
+        "/usr/bin/tool00",
+        "/usr/bin/tool07",
+        "/var/log/boot.log",
+    ];
+    assert_eq!(list.lines().collect::<Vec<_>>(), expected);
+}
