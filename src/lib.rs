@@ -4,7 +4,8 @@
 //! The pipeline is [`image`] (positional reads) → [`volume`] (MBR, GPT or a
 //! bare filesystem) → [`ext4`] (filesystem walker) → [`map`] (objects,
 //! extents, layout) → [`store`] (the SQLite file, whose schema lives in
-//! `schema/`). [`query`] reads maps back for `info`, `lookup` and `export`.
+//! `schema/`). [`query`] reads maps back for `info`, `lookup` and `export`;
+//! [`trace`] parses block I/O traces and [`replay`] joins them with a map.
 #![forbid(unsafe_code)]
 
 pub mod error;
