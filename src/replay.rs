@@ -1005,16 +1005,22 @@ fn write_summary(
                 t.other,
                 t.failed
             )?;
-            writeln!(out, "\nfiles in order of first access:")?;
+            let first_time = t.first_time;
+            writeln!(
+                out,
+                "\nfiles in order of first access (time: seconds since the first request):"
+            )?;
             writeln!(
                 out,
                 "  {:>8} {:>12} {:>8} {:>10} {:>7} {:>10}  path",
                 "seq", "time", "requests", "read", "%read", "re-read"
             )?;
             for row in file_rows(index, touched) {
+                // Seconds since the first request read better than the
+                // trace's own clock (often seconds since 1970).
                 let time = row
                     .first_time
-                    .map(|t| format!("{t:.6}"))
+                    .map(|t| format!("+{:.6}", t - first_time.unwrap_or(t).min(t)))
                     .unwrap_or_else(|| "-".into());
                 let pct = row
                     .percent_read
