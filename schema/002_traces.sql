@@ -33,7 +33,9 @@ CREATE TABLE trace_objects (
     trace   INTEGER NOT NULL REFERENCES traces(id),
     seq     INTEGER NOT NULL,
     object  INTEGER REFERENCES objects(id),  -- NULL: beyond the end of the image
-    bytes   INTEGER NOT NULL
+    bytes   INTEGER NOT NULL,
+    -- Of a read: the bytes this trace had not read from the object before.
+    new_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX trace_objects_seq ON trace_objects(trace, seq);
 CREATE INDEX trace_objects_object ON trace_objects(object);

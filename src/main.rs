@@ -13,6 +13,7 @@ use bmap::units::{human, parse_range};
 use bmap::{query, store};
 
 mod replay_cmd;
+mod sql_cmd;
 
 /// Map every byte of a VM disk image to what lives there.
 #[derive(Debug, Parser)]
@@ -99,6 +100,25 @@ enum Command {
         #[arg(long, value_parser = parse_size_arg)]
         offset: Option<u64>,
     },
+    /// Run SQL on a map: an aligned table, or --csv / --json for scripts.
+    /// Read-only unless --write.
+    Sql {
+        map: PathBuf,
+        /// SQL to run [default: read from standard input; several
+        /// statements may follow each other].
+        query: Option<String>,
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        #[arg(long)]
+        json: bool,
+        /// Show byte counts (columns named *bytes*, *size*, *length*) as
+        /// sizes: 1.5 MiB.
+        #[arg(long)]
+        human: bool,
+        /// Allow statements that change the map.
+        #[arg(long)]
+        write: bool,
+    },
     /// Write a map in another tool's format.
     Export {
         map: PathBuf,
@@ -176,6 +196,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             output,
         } => cmd_export(&map, format, output),
+        Command::Sql {
+            map,
+            query,
+            csv,
+            json,
+            human,
+            write,
+        } => sql_cmd::run(sql_cmd::Args {
+            map,
+            query,
+            csv,
+            json,
+            human,
+            write,
+        }),
         Command::Replay {
             trace,
             map,

@@ -350,3 +350,38 @@ pub fn export_virt_bmap(conn: &Connection, out: &mut dyn Write) -> Result<u64> {
     }
     Ok(n)
 }
+
+/// Adds bmap's SQL functions to a connection on the map at `path`:
+/// `object_at(offset)`, the display name of the most specific object at a
+/// byte, and `hsize(bytes)`, a size for humans (`1.5 MiB`).
+pub fn register_functions(conn: &Connection, path: &std::path::Path) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("hsize", 1, flags, |ctx| {
+        Ok(ctx.get::<Option<i64>>(0)?.map(|v| match u64::try_from(v) {
+            Ok(v) => crate::units::human(v),
+            Err(_) => format!("-{}", crate::units::human(v.unsigned_abs())),
+        }))
+    })?;
+    // A function cannot query the connection that calls it without unsafe
+    // code; a second read-only connection to the same map can.
+    let side = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.create_scalar_function("object_at", 1, FunctionFlags::SQLITE_UTF8, move |ctx| {
+        let Some(offset) = ctx.get::<Option<i64>>(0)? else {
+            return Ok(None);
+        };
+        side.prepare_cached(
+            "SELECT o.name, s.end FROM layout_segments s JOIN objects o ON o.id = s.object
+             WHERE s.start <= ?1 ORDER BY s.start DESC LIMIT 1",
+        )?
+        .query_row([offset], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()
+        .map(|hit| hit.filter(|(_, end)| offset < *end).map(|(name, _)| name))
+    })?;
+    Ok(())
+}

@@ -499,7 +499,7 @@ pub fn run(
     let mut bad_lines = 0u64;
     let mut seq = 0u64;
     // The streaming log keeps nothing per object, so its memory stays flat.
-    let keep_stats = opts.view != View::Log;
+    let keep_stats = opts.view != View::Log || trace_store.is_some();
     for event in events {
         let event = match event {
             Ok(e) => e,
@@ -591,6 +591,7 @@ pub fn run(
             if r.op == Op::Read && kind == Some(Kind::Free) {
                 free_reads.add(seq, p.disk_offset, p.length);
             }
+            let mut new_bytes = 0;
             if let (Some(o), true) = (p.object, keep_stats) {
                 let st = touched.entry(o, || ObjectStats {
                     first_seq: seq,
@@ -602,15 +603,15 @@ pub fn run(
                 }
                 if r.op == Op::Read {
                     st.bytes_read += p.length;
-                    let new = st.coverage.add(p.disk_offset, p.disk_offset + p.length);
-                    st.reread_bytes += p.length - new;
+                    new_bytes = st.coverage.add(p.disk_offset, p.disk_offset + p.length);
+                    st.reread_bytes += p.length - new_bytes;
                 } else {
                     st.bytes_written += p.length;
                 }
                 last_object = Some(o);
             }
             if let Some(s) = store.as_mut() {
-                if let Err(e) = s.piece(seq, p.object, p.length) {
+                if let Err(e) = s.piece(seq, p.object, p.length, new_bytes) {
                     result = Err(e.into());
                     return;
                 }

@@ -15,6 +15,7 @@ use crate::map::{MapBuilder, ObjectId, Segment};
 const MIGRATIONS: &[&str] = &[
     include_str!("../schema/001_initial.sql"),
     include_str!("../schema/002_traces.sql"),
+    include_str!("../schema/003_views.sql"),
 ];
 
 /// The schema version this bmap writes and reads.
@@ -372,7 +373,7 @@ pub struct TraceStore {
 }
 
 const REQUEST_COLUMNS: usize = 7;
-const PIECE_COLUMNS: usize = 4;
+const PIECE_COLUMNS: usize = 5;
 
 impl TraceStore {
     pub fn begin(
@@ -440,12 +441,21 @@ impl TraceStore {
         Ok(())
     }
 
-    pub fn piece(&mut self, seq: u64, object: Option<u32>, bytes: u64) -> Result<()> {
+    /// One object a request touched; `new_bytes` is what a read had not
+    /// read from it before.
+    pub fn piece(
+        &mut self,
+        seq: u64,
+        object: Option<u32>,
+        bytes: u64,
+        new_bytes: u64,
+    ) -> Result<()> {
         self.pieces.extend([
             Value::Integer(self.id),
             Value::Integer(to_sql_u64(seq)),
             object.map_or(Value::Null, |o| Value::Integer(i64::from(o))),
             Value::Integer(to_sql_u64(bytes)),
+            Value::Integer(to_sql_u64(new_bytes)),
         ]);
         if self.pieces.len() >= ROWS_PER_INSERT * PIECE_COLUMNS {
             self.flush_pieces()?;
@@ -489,7 +499,7 @@ impl TraceStore {
         Self::flush(
             &self.conn,
             "trace_objects",
-            "trace, seq, object, bytes",
+            "trace, seq, object, bytes, new_bytes",
             PIECE_COLUMNS,
             &mut self.pieces,
         )
