@@ -52,8 +52,10 @@ enum Command {
     /// Name the objects covering OFFSET[+LEN], most specific first.
     Lookup {
         map: PathBuf,
-        /// Byte offset, optionally +length: 0x1a2b000, 1G+4K, 2048s.
-        range: String,
+        /// Byte offsets, each optionally +length: 0x1a2b000, 1G+4K, 2048s;
+        /// `-` reads them from standard input, one per line.
+        #[arg(required = true)]
+        ranges: Vec<String>,
         #[arg(long)]
         json: bool,
         /// At most this many layout segments.
@@ -187,10 +189,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info { map, json } => cmd_info(&map, json),
         Command::Lookup {
             map,
-            range,
+            ranges,
             json,
             limit,
-        } => cmd_lookup(&map, &range, json, limit),
+        } => cmd_lookup(&map, &ranges, json, limit),
         Command::Export {
             map,
             format,
@@ -477,41 +479,69 @@ fn cmd_info(map: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_lookup(map: &Path, range: &str, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
-    let (offset, len) = parse_range(range).map_err(anyhow::Error::msg)?;
+fn cmd_lookup(map: &Path, ranges: &[String], json: bool, limit: usize) -> anyhow::Result<ExitCode> {
+    let ranges: Vec<String> = if ranges == ["-"] {
+        std::io::stdin()
+            .lines()
+            .map(|l| l.map(|l| l.trim().to_string()))
+            .filter(|l| !matches!(l, Ok(l) if l.is_empty()))
+            .collect::<Result<_, _>>()?
+    } else {
+        ranges.to_vec()
+    };
     let conn = store::open(map, false)?;
-    let (hits, truncated) = query::lookup(&conn, offset, len.unwrap_or(1), limit)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(
-            &mut out,
-            &serde_json::json!({ "segments": hits, "truncated": truncated }),
-        )?;
-        writeln!(out)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    for h in &hits {
-        writeln!(
-            out,
-            "0x{:x}-0x{:x} ({} bytes)",
-            h.start,
-            h.end,
-            h.end - h.start
-        )?;
-        for o in &h.objects {
-            let mut line = format!("  {:<18} {}", o.kind, o.name);
-            if let Some(i) = o.inode {
-                line.push_str(&format!("  inode {i}"));
+    // One read transaction for all lookups: SQLite then takes its lock once
+    // instead of once per statement.
+    let tx = conn.unchecked_transaction()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut docs = Vec::new();
+    for range in &ranges {
+        let (offset, len) = parse_range(range).map_err(|e| anyhow::anyhow!("{range}: {e}"))?;
+        let (hits, truncated) = query::lookup(&tx, offset, len.unwrap_or(1), limit)
+            .with_context(|| format!("looking up {range}"))?;
+        if json {
+            docs.push(
+                serde_json::json!({ "range": range, "segments": hits, "truncated": truncated }),
+            );
+            continue;
+        }
+        if ranges.len() > 1 {
+            writeln!(out, "== {range}")?;
+        }
+        for h in &hits {
+            writeln!(
+                out,
+                "0x{:x}-0x{:x} ({} bytes)",
+                h.start,
+                h.end,
+                h.end - h.start
+            )?;
+            for o in &h.objects {
+                let mut line = format!("  {:<18} {}", o.kind, o.name);
+                if let Some(i) = o.inode {
+                    line.push_str(&format!("  inode {i}"));
+                }
+                if let Some(off) = o.offset_in_object {
+                    line.push_str(&format!("  @0x{off:x}"));
+                }
+                writeln!(out, "{line}")?;
             }
-            if let Some(off) = o.offset_in_object {
-                line.push_str(&format!("  @0x{off:x}"));
-            }
-            writeln!(out, "{line}")?;
+        }
+        if truncated {
+            writeln!(out, "… more segments; raise --limit")?;
         }
     }
-    if truncated {
-        writeln!(out, "… more segments; raise --limit")?;
+    if json {
+        // One range: its object; several: a list of them.
+        let doc = if docs.len() == 1 {
+            docs.remove(0)
+        } else {
+            serde_json::Value::Array(docs)
+        };
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -82,7 +82,8 @@ pub struct Info {
 
 fn meta(conn: &Connection, key: &str) -> Result<String> {
     Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?
         .unwrap_or_default())
 }
@@ -233,11 +234,11 @@ pub fn lookup(
         )));
     }
     let end = offset.saturating_add(len.max(1)).min(size);
-    let first_start: i64 = conn.query_row(
-        "SELECT start FROM layout_segments WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
-        [i64::try_from(offset).unwrap_or(i64::MAX)],
-        |r| r.get(0),
-    )?;
+    let first_start: i64 = conn
+        .prepare_cached(
+            "SELECT start FROM layout_segments WHERE start <= ?1 ORDER BY start DESC LIMIT 1",
+        )?
+        .query_row([i64::try_from(offset).unwrap_or(i64::MAX)], |r| r.get(0))?;
     let mut st = conn.prepare_cached(
         "SELECT start, end, object FROM layout_segments WHERE start >= ?1 AND start < ?2 ORDER BY start LIMIT ?3",
     )?;
