@@ -92,7 +92,8 @@ fn text(v: &Value, human: bool, column: &str) -> String {
             Err(_) => i.to_string(),
         },
         Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
+        // `{:?}` keeps the point of whole numbers: 1.0, not 1.
+        Value::Real(f) => format!("{f:?}"),
         Value::Text(t) => t.clone(),
         Value::Blob(b) => format!(
             "x'{}'",
@@ -160,7 +161,8 @@ fn write_table(out: &mut dyn Write, results: &[ResultSet], human: bool) -> anyho
 }
 
 fn write_csv(out: &mut dyn Write, results: &[ResultSet], human: bool) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
+    // Statements may differ in their number of columns.
+    let mut w = csv::WriterBuilder::new().flexible(true).from_writer(out);
     for rs in results {
         w.write_record(&rs.columns)?;
         for r in &rs.rows {
