@@ -303,6 +303,13 @@ fn cmd_index(
     if out.exists() && !force {
         bail!("{} exists; use --force to replace it", out.display());
     }
+    // Ctrl-C must not leave the half-written temporary map behind.
+    let tmp = store::temp_path(&out);
+    let _ = ctrlc::set_handler(move || {
+        let _ = std::fs::remove_file(&tmp);
+        eprintln!("\nbmap: interrupted; no map written");
+        std::process::exit(130);
+    });
     let img = ImageFile::open(image).with_context(|| format!("opening {}", image.display()))?;
     let opts = IndexOptions {
         device,

@@ -120,7 +120,8 @@ pub fn write(
     result
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// The private file a map is written to before it is renamed into place.
+pub fn temp_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
