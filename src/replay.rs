@@ -503,9 +503,7 @@ pub fn run(
     for event in events {
         let event = match event {
             Ok(e) => e,
-            Err(crate::trace::TraceError::Io(e)) => {
-                return Err(crate::trace::TraceError::Io(e).into())
-            }
+            Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
                 bad_lines += 1;
                 outcome.warnings.push(e.to_string());

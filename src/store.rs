@@ -151,17 +151,8 @@ fn write_to(
     conn.pragma_update(None, "page_size", 16384)?;
     conn.pragma_update(None, "cache_size", -32768)?;
     migrate(&mut conn)?;
-    // Filling indexed tables row by row costs several times more than
-    // building each index once at the end: set them aside and recreate them
-    // from their own definitions after the bulk insert.
-    let indexes: Vec<(String, String)> = conn
-        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
     let tx = conn.transaction()?;
-    for (name, _) in &indexes {
-        tx.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
-    }
+    let indexes = set_aside_indexes(&tx, None)?;
     insert_batched(
         &tx,
         "meta",
@@ -283,7 +274,7 @@ fn write_to(
             .iter()
             .map(|w| [opt_int(w.offset), text(&w.message)]),
     )?;
-    for (_, sql) in &indexes {
+    for sql in &indexes {
         tx.execute_batch(sql)?;
     }
     tx.commit()?;
@@ -292,6 +283,24 @@ fn write_to(
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::Map(format!("syncing {}: {e}", tmp.display())))?;
     Ok(())
+}
+
+/// Drops the indexes of `table` (of every table with `None`) and returns
+/// the SQL that recreates them. Filling an indexed table row by row costs
+/// several times more than building each index once after a bulk insert;
+/// inside a transaction, a failure brings them back.
+fn set_aside_indexes(conn: &Connection, table: Option<&str>) -> Result<Vec<String>> {
+    let indexes: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT name, sql FROM sqlite_master
+             WHERE type = 'index' AND sql IS NOT NULL AND (?1 IS NULL OR tbl_name = ?1)",
+        )?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, _) in &indexes {
+        conn.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+    }
+    Ok(indexes.into_iter().map(|(_, sql)| sql).collect())
 }
 
 /// Rows per INSERT statement. One statement per row spends most of its
@@ -401,17 +410,11 @@ impl TraceStore {
             rusqlite::params![name, sha256, format, path, now],
         )?;
         let id = conn.last_insert_rowid();
-        let indexes: Vec<(String, String)> = conn
-            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trace_objects' AND sql IS NOT NULL")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (name, _) in &indexes {
-            conn.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
-        }
+        let indexes = set_aside_indexes(&conn, Some("trace_objects"))?;
         Ok(TraceStore {
             conn,
             id,
-            indexes: indexes.into_iter().map(|(_, sql)| sql).collect(),
+            indexes,
             requests: Vec::with_capacity(ROWS_PER_INSERT * REQUEST_COLUMNS),
             pieces: Vec::with_capacity(ROWS_PER_INSERT * PIECE_COLUMNS),
         })

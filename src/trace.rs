@@ -103,6 +103,12 @@ pub enum TraceError {
 }
 
 impl TraceError {
+    /// True if reading cannot go on (the trace could not be read); a bad
+    /// line only spoils itself.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, TraceError::Io(_))
+    }
+
     pub fn parse(line: u64, message: impl Into<String>) -> Self {
         TraceError::Parse {
             line,

@@ -105,7 +105,7 @@ impl<R: BufRead> Parser<R> {
                 return None;
             }
             Some(Err(e)) => {
-                if matches!(e, TraceError::Io(_)) {
+                if e.is_fatal() {
                     self.finished = true;
                     self.drain(true);
                 }

@@ -52,7 +52,7 @@ impl<R: BufRead> Iterator for Parser<R> {
                     return None;
                 }
                 Some(Err(e)) => {
-                    self.finished = matches!(e, TraceError::Io(_));
+                    self.finished = e.is_fatal();
                     return Some(Err(e));
                 }
                 Some(Ok(l)) => parse_line(l, n, &mut self.record),

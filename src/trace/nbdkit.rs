@@ -151,7 +151,7 @@ impl<R: BufRead> Parser<R> {
                 return;
             }
             Some(Err(e)) => {
-                let fatal = matches!(e, TraceError::Io(_));
+                let fatal = e.is_fatal();
                 self.out.push_back(Err(e));
                 if fatal {
                     self.finish();
