@@ -1,7 +1,7 @@
 //! `bmap replay`: finds the map, opens and sniffs the trace, runs the
 //! replay and turns its outcome into an exit status.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -87,7 +87,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if stdin {
             bail!("--store needs a trace file, not standard input");
         }
-        let sha = sha256_file(&args.trace)?;
         let now = bmap::index::format_utc(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -97,7 +96,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(store::TraceStore::begin(
             &map_path,
             &trace_name,
-            &sha,
             format.as_str(),
             Some(&abs.display().to_string()),
             &now,
@@ -105,7 +103,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let reader = BufReader::with_capacity(1 << 20, std::io::Cursor::new(head).chain(input));
+    // The trace is hashed as it is read, so --store can tell a trace it
+    // already holds without reading the file twice.
+    let hasher = std::rc::Rc::new(std::cell::RefCell::new(Sha256::new()));
+    let input = Hashing {
+        inner: std::io::Cursor::new(head).chain(input),
+        hasher: std::rc::Rc::clone(&hasher),
+    };
+    let reader = BufReader::with_capacity(1 << 20, input);
     let events = trace::events(format, reader, &popts);
     let opts = ReplayOptions {
         view: args.view,
@@ -129,7 +134,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         r => r?,
     }
     if let Some(s) = trace_store {
-        s.finish(outcome.totals.requests)?;
+        let sha: String = hasher
+            .borrow_mut()
+            .clone()
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        s.finish(outcome.totals.requests, &sha)?;
         eprintln!(
             "bmap: stored {} requests of {trace_name} in {}",
             outcome.totals.requests,
@@ -196,17 +208,16 @@ fn nth_field(line: &[u8], n: usize) -> Option<&[u8]> {
         .nth(n)
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
-    let mut h = Sha256::new();
-    loop {
-        let buf = f.fill_buf()?;
-        if buf.is_empty() {
-            break;
-        }
-        h.update(buf);
-        let n = buf.len();
-        f.consume(n);
+/// A reader that feeds everything it reads to a hash.
+struct Hashing<R> {
+    inner: R,
+    hasher: std::rc::Rc<std::cell::RefCell<Sha256>>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        Ok(n)
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -386,10 +386,12 @@ const REQUEST_COLUMNS: usize = 7;
 const PIECE_COLUMNS: usize = 5;
 
 impl TraceStore {
+    /// Starts storing a trace under `name`, replacing a stored trace of the
+    /// same name. The content hash is only known at the end: see
+    /// [`TraceStore::finish`].
     pub fn begin(
         map: &Path,
         name: &str,
-        sha256: &str,
         format: &str,
         path: Option<&str>,
         now: &str,
@@ -397,17 +399,13 @@ impl TraceStore {
         let conn = open(map, true)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let old: Vec<i64> = conn
-            .prepare("SELECT id FROM traces WHERE name = ?1 OR sha256 = ?2")?
-            .query_map([name, sha256], |r| r.get(0))?
+            .prepare("SELECT id FROM traces WHERE name = ?1")?
+            .query_map([name], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        for old in &old {
-            conn.execute("DELETE FROM trace_objects WHERE trace = ?1", [old])?;
-            conn.execute("DELETE FROM trace_requests WHERE trace = ?1", [old])?;
-            conn.execute("DELETE FROM traces WHERE id = ?1", [old])?;
-        }
+        Self::delete(&conn, &old)?;
         conn.execute(
-            "INSERT INTO traces(name, sha256, format, path, stored_at, requests) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
-            rusqlite::params![name, sha256, format, path, now],
+            "INSERT INTO traces(name, sha256, format, path, stored_at, requests) VALUES (?1, '', ?2, ?3, ?4, 0)",
+            rusqlite::params![name, format, path, now],
         )?;
         let id = conn.last_insert_rowid();
         let indexes = set_aside_indexes(&conn, Some("trace_objects"))?;
@@ -510,12 +508,30 @@ impl TraceStore {
     }
 
     /// Writes what is buffered and commits.
-    pub fn finish(mut self, requests: u64) -> Result<()> {
+    fn delete(conn: &Connection, ids: &[i64]) -> Result<()> {
+        for id in ids {
+            conn.execute("DELETE FROM trace_objects WHERE trace = ?1", [id])?;
+            conn.execute("DELETE FROM trace_requests WHERE trace = ?1", [id])?;
+            conn.execute("DELETE FROM traces WHERE id = ?1", [id])?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered, replaces any stored trace with the same
+    /// content (`sha256` of the trace's bytes, hashed while they were read)
+    /// and commits.
+    pub fn finish(mut self, requests: u64, sha256: &str) -> Result<()> {
         self.flush_requests()?;
         self.flush_pieces()?;
+        let same: Vec<i64> = self
+            .conn
+            .prepare("SELECT id FROM traces WHERE sha256 = ?1 AND id != ?2")?
+            .query_map(rusqlite::params![sha256, self.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Self::delete(&self.conn, &same)?;
         self.conn.execute(
-            "UPDATE traces SET requests = ?1 WHERE id = ?2",
-            rusqlite::params![to_sql_u64(requests), self.id],
+            "UPDATE traces SET requests = ?1, sha256 = ?2 WHERE id = ?3",
+            rusqlite::params![to_sql_u64(requests), sha256, self.id],
         )?;
         for sql in &self.indexes {
             self.conn.execute_batch(sql)?;
