@@ -14,6 +14,7 @@ use bmap::{query, store};
 
 mod replay_cmd;
 mod sql_cmd;
+mod tui_cmd;
 
 /// Map every byte of a VM disk image to what lives there.
 #[derive(Debug, Parser)]
@@ -121,6 +122,27 @@ enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// Browse a map in the terminal: the layout as a grid, the object tree,
+    /// search; with a trace, watch the guest's reads replayed on the map.
+    Tui {
+        /// The map [default: the only *.bmap in the current directory].
+        map: Option<PathBuf>,
+        /// A trace file to replay, or the name of a trace stored in the map
+        /// [default: the map's most recently stored trace, if any].
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = TraceFormat::Auto)]
+        format: TraceFormat,
+        /// blkparse: the action whose lines are requests (as for replay).
+        #[arg(long)]
+        action: Option<String>,
+        /// blkparse: byte offset of the traced device in the image.
+        #[arg(long, value_parser = parse_size_arg)]
+        offset: Option<u64>,
+        /// Glyphs and bold/reverse only (also when NO_COLOR is set).
+        #[arg(long)]
+        no_color: bool,
+    },
     /// Write a map in another tool's format.
     Export {
         map: PathBuf,
@@ -139,6 +161,16 @@ enum TraceFormat {
     Qemu,
     Blkparse,
     Csv,
+}
+
+fn trace_format(format: TraceFormat) -> Option<bmap::trace::Format> {
+    match format {
+        TraceFormat::Auto => None,
+        TraceFormat::Nbdkit => Some(bmap::trace::Format::Nbdkit),
+        TraceFormat::Qemu => Some(bmap::trace::Format::Qemu),
+        TraceFormat::Blkparse => Some(bmap::trace::Format::Blkparse),
+        TraceFormat::Csv => Some(bmap::trace::Format::Csv),
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -213,6 +245,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             human,
             write,
         }),
+        Command::Tui {
+            map,
+            trace,
+            format,
+            action,
+            offset,
+            no_color,
+        } => tui_cmd::run(tui_cmd::Args {
+            map,
+            trace,
+            format: trace_format(format),
+            action,
+            offset: offset.unwrap_or(0),
+            color: !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }),
         Command::Replay {
             trace,
             map,
@@ -229,13 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => replay_cmd::run(replay_cmd::Args {
             trace,
             map,
-            format: match format {
-                TraceFormat::Auto => None,
-                TraceFormat::Nbdkit => Some(bmap::trace::Format::Nbdkit),
-                TraceFormat::Qemu => Some(bmap::trace::Format::Qemu),
-                TraceFormat::Blkparse => Some(bmap::trace::Format::Blkparse),
-                TraceFormat::Csv => Some(bmap::trace::Format::Csv),
-            },
+            format: trace_format(format),
             view: if summary {
                 bmap::replay::View::Summary
             } else if boot_list {

@@ -167,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The only `*.bmap` in the current directory.
-fn find_map() -> anyhow::Result<PathBuf> {
+pub(crate) fn find_map() -> anyhow::Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(".")?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -220,4 +220,40 @@ impl<R: Read> Read for Hashing<R> {
         self.hasher.borrow_mut().update(&buf[..n]);
         Ok(n)
     }
+}
+
+/// The format of the trace file at `path` (sniffed unless `forced`) and
+/// how to parse it; for blkparse, which action's lines are requests.
+pub(crate) fn sniff(
+    path: &Path,
+    forced: Option<Format>,
+    action: Option<String>,
+    offset: u64,
+) -> anyhow::Result<(Format, ParseOptions)> {
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(SNIFF_BYTES as u64)
+        .read_to_end(&mut head)?;
+    let format = match forced {
+        Some(f) => f,
+        None => {
+            let lines: Vec<&[u8]> = head.split(|&b| b == b'\n').take(200).collect();
+            trace::detect(&lines).with_context(|| {
+                format!(
+                    "{}: not a trace bmap recognises (nbdkit log filter, qemu trace events, blkparse text, CSV time,op,offset,length); use --format",
+                    path.display()
+                )
+            })?
+        }
+    };
+    let mut opts = ParseOptions {
+        blkparse_action: action,
+        blkparse_offset: offset,
+    };
+    if format == Format::Blkparse && opts.blkparse_action.is_none() {
+        let has_d = has_blkparse_action(path, "D")?;
+        opts.blkparse_action = Some(if has_d { "D" } else { "Q" }.to_string());
+    }
+    Ok((format, opts))
 }

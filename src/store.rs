@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/001_initial.sql"),
     include_str!("../schema/002_traces.sql"),
     include_str!("../schema/003_views.sql"),
+    include_str!("../schema/004_browse.sql"),
 ];
 
 /// The schema version this bmap writes and reads.

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 declare -A need=(
   [mke2fs]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [e2fsck]=e2fsprogs
   [sgdisk]=gdisk [sfdisk]=fdisk [gzip]=gzip [python3]=python3 [sqlite3]=sqlite3 [qemu-img]=qemu-utils
-  [qemu-io]=qemu-utils [nbdkit]=nbdkit [nbdcopy]=libnbd-bin
+  [qemu-io]=qemu-utils [nbdkit]=nbdkit [nbdcopy]=libnbd-bin [tmux]=tmux
 )
 missing=()
 for tool in "${!need[@]}"; do
