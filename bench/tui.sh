@@ -35,8 +35,8 @@ say "cargo build --release --bin bmap --example tui_bench"
 (cd "$REPO" && cargo build --release --bin bmap --example tui_bench >&2)
 BMAP=$WORK/tui-bmap
 BENCH=$WORK/tui-bench
-cp "$REPO/target/release/bmap" "$BMAP.new" && mv -f "$BMAP.new" "$BMAP"
-cp "$REPO/target/release/examples/tui_bench" "$BENCH.new" && mv -f "$BENCH.new" "$BENCH"
+cp "${CARGO_TARGET_DIR:-$REPO/target}/release/bmap" "$BMAP.new" && mv -f "$BMAP.new" "$BMAP"
+cp "${CARGO_TARGET_DIR:-$REPO/target}/release/examples/tui_bench" "$BENCH.new" && mv -f "$BENCH.new" "$BENCH"
 
 FS_IMG=$WORK/fs-8g.img
 if [[ ! -f $FS_IMG || ! -f $WORK/fs-8g.complete ]]; then
