@@ -66,8 +66,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     // In raw mode Ctrl-C is a key; a signal from elsewhere (kill, a closed
-    // SSH session) must still give the terminal back.
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+    // SSH session) must still give the terminal back. The loop notices the
+    // flag within a frame; after a hangup crossterm can spin reading the
+    // dead terminal and never return to the loop, so if the process is
+    // still here shortly after, it restores what it can and exits.
+    let _ = ctrlc::set_handler(move || {
+        flag.store(true, Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        bmap_tui::restore_terminal();
+        std::process::exit(0);
+    });
     let title = map_path.file_name().map_or_else(
         || map_path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

@@ -510,6 +510,7 @@ impl Tmux {
         let t = Tmux {
             socket: dir.join(format!("tmux-{n}.sock")),
         };
+        let command = format!("{command}; echo $? > '{}'", t.status_file().display());
         t.run(&[
             "new-session",
             "-d",
@@ -519,7 +520,7 @@ impl Tmux {
             "40",
             "-s",
             "tui",
-            command,
+            &command,
         ]);
         t.run(&["set-option", "-t", "tui", "remain-on-exit", "on"]);
         t
@@ -559,45 +560,51 @@ impl Tmux {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "waiting for {what:?}; screen:\n{s}"
+                "waiting for {what:?}; pane: {}; screen:\n{s}",
+                self.run(&["display-message", "-p", "-t", "tui", "dead=#{pane_dead} cmd=#{pane_current_command} pid=#{pane_pid} start=#{pane_start_command}"])
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Waits for the program to end; returns its exit status.
+    /// Waits for the program to end; returns its exit status, which the
+    /// wrapping shell writes to a file (tmux 3.3 does not always keep a
+    /// dead pane's status).
     fn wait_exit(&self) -> i32 {
         let start = Instant::now();
         loop {
-            let out = self.run(&[
-                "display-message",
-                "-p",
-                "-t",
-                "tui",
-                "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}",
-            ]);
-            let mut f = out.split_whitespace();
-            // tmux can mark a pane dead a moment before it has the status.
-            if f.next() == Some("1") {
-                match (f.next(), f.next()) {
-                    (Some(status), _) => return status.parse().unwrap_or(-1),
-                    (None, Some(signal)) => panic!("killed by signal {signal}"),
-                    (None, None) => {}
+            if let Ok(status) = std::fs::read_to_string(self.status_file()) {
+                if status.ends_with('\n') {
+                    return status.trim().parse().unwrap_or(-1);
                 }
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "the TUI did not exit ({out:?}); screen:\n{}",
+                "the TUI did not exit; screen:\n{}",
                 self.screen()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    fn status_file(&self) -> PathBuf {
+        self.socket.with_extension("status")
+    }
+
+    /// The pid of `bmap tui` itself: the child of the pane's shell.
     fn pid(&self) -> String {
-        self.run(&["display-message", "-p", "-t", "tui", "#{pane_pid}"])
-            .trim()
-            .to_string()
+        let shell = self.run(&["display-message", "-p", "-t", "tui", "#{pane_pid}"]);
+        let shell = shell.trim();
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_default();
+        let pid = children
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!pid.is_empty(), "no child of the pane's shell {shell}");
+        pid
     }
 }
 
@@ -611,6 +618,8 @@ impl Drop for Tmux {
     }
 }
 
+/// `bmap tui` under a shell that records how it ended (see
+/// [`Tmux::wait_exit`]).
 fn tui_command(map: &Path, extra: &str) -> String {
     format!("{BMAP} tui '{}' {extra}", map.display())
 }
@@ -657,6 +666,31 @@ fn in_tmux_ctrl_c_and_sigterm_give_the_terminal_back() {
     run(Command::new("kill").arg("-TERM").arg(&pid));
     assert_eq!(t.wait_exit(), 0);
     assert!(!t.screen().contains("Layout rows"));
+}
+
+/// A closed terminal (an SSH session dropped, tmux killed) hangs the TUI
+/// up; it must exit, not linger reading a dead terminal.
+#[test]
+fn in_tmux_a_hangup_ends_the_tui() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = sample_map(dir.path(), false);
+    let t = Tmux::start(dir.path(), &tui_command(&map, ""));
+    t.wait_for("Layout rows");
+    let pid = t.pid();
+    t.run(&["kill-server"]);
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let start = Instant::now();
+    while proc_dir.join("status").exists() {
+        let state = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+        if state.contains("State:\tZ") {
+            break; // exited; its parent has not reaped it yet
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = Command::new("kill").arg("-9").arg(&pid).status();
+            panic!("bmap tui {pid} still running 10 s after its terminal went away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -153,7 +153,7 @@ pub fn run_loop<B: Backend>(
 
 /// Puts the terminal back: raw mode off, main screen, cursor shown. Safe
 /// to call twice (the panic hook and the normal exit both do).
-fn restore_terminal() {
+pub fn restore_terminal() {
     let _ = crossterm::terminal::disable_raw_mode();
     let _ = crossterm::execute!(
         io::stdout(),
@@ -168,7 +168,8 @@ pub struct Options {
     pub title: String,
     pub trace: TraceSource,
     pub color: bool,
-    /// Set by the caller's signal handler (SIGINT, SIGTERM, SIGHUP).
+    /// Set by the caller's signal handler (SIGINT, SIGTERM, SIGHUP); the
+    /// loop then ends at its next turn.
     pub interrupted: Arc<AtomicBool>,
 }
 
