@@ -93,7 +93,7 @@ build_bmap() {
     [[ -x $BMAP && ${BMAP_BUILT:-} == 1 ]] && return
     say "cargo build --release --bin bmap (may wait for the shared target dir's lock)"
     (cd "$REPO" && cargo build --release --bin bmap >&2)
-    cp "$REPO/target/release/bmap" "$BMAP"
+    cp "${CARGO_TARGET_DIR:-$REPO/target}/release/bmap" "$BMAP"
     BMAP_BUILT=1
 }
 

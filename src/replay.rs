@@ -60,14 +60,27 @@ impl ObjectInfo {
 }
 
 /// The layout of a map, ready for lookups.
+///
+/// Attributing bytes needs only the layout and each object's kind; names
+/// and paths are needed only to print. So [`MapIndex::load_layout`] reads
+/// the former, and the object table (the larger part of a map) may be
+/// read by another thread meanwhile and handed over with
+/// [`MapIndex::objects_from`]; [`MapIndex::load`] reads everything at once.
 pub struct MapIndex {
     pub image_size: u64,
     starts: Vec<u64>,
     ends: Vec<u64>,
     owners: Vec<u32>,
     /// Indexed by `objects.id`; index 0 is unused.
-    pub objects: Vec<ObjectInfo>,
+    kinds: Vec<Kind>,
+    /// Indexed by `objects.id` as `kinds` is, once loaded.
+    objects: std::sync::OnceLock<Vec<ObjectInfo>>,
+    /// Where the objects come from when they are not loaded yet.
+    loader: std::sync::Mutex<Option<ObjectLoader>>,
 }
+
+/// A thread reading the object table.
+pub type ObjectLoader = std::thread::JoinHandle<Result<Vec<ObjectInfo>>>;
 
 /// A piece of a request that falls on one object (or past the image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,44 +91,76 @@ pub struct Piece {
     pub length: u64,
 }
 
+/// Ids are dense (1, 2, 3…); a hand-edited map with a huge id must not
+/// make us allocate for it. Rows are read in id order, so the ids kept
+/// depend only on the ids before them: the kinds and the object table
+/// keep the same ones.
+fn usable_id(id: i64, len: usize) -> Option<usize> {
+    let id = usize::try_from(id).ok()?;
+    (id <= len + 1_000_000).then_some(id)
+}
+
+/// The kind in column `i`: text naming a kind, else `unknown`; not text
+/// at all is rusqlite's error for reading it as a `String`.
+fn kind_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Kind> {
+    if let rusqlite::types::ValueRef::Text(t) = r.get_ref(i)? {
+        if let Ok(s) = std::str::from_utf8(t) {
+            return Ok(Kind::parse(s).unwrap_or(Kind::Unknown));
+        }
+    }
+    Ok(Kind::parse(&r.get::<_, String>(i)?).unwrap_or(Kind::Unknown))
+}
+
+/// [`kind_at`], remembering the last text read and its kind in `last`.
+fn cached_kind_at(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    last: &mut (Vec<u8>, Kind),
+) -> rusqlite::Result<Kind> {
+    if let rusqlite::types::ValueRef::Text(t) = r.get_ref(i)? {
+        if t == last.0.as_slice() {
+            return Ok(last.1);
+        }
+    }
+    let k = kind_at(r, i)?;
+    if let rusqlite::types::ValueRef::Text(t) = r.get_ref(i)? {
+        *last = (t.to_vec(), k);
+    }
+    Ok(k)
+}
+
 impl MapIndex {
     /// Loads the layout and the object table.
     pub fn load(conn: &Connection) -> Result<MapIndex> {
+        let objects = Self::load_objects(conn)?;
+        let index = Self::load_layout(conn)?;
+        let _ = index.objects.set(objects);
+        Ok(index)
+    }
+
+    /// Loads the layout and the kind of every object; the rest of the
+    /// object table comes from [`MapIndex::objects_from`].
+    pub fn load_layout(conn: &Connection) -> Result<MapIndex> {
         let image_size: u64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'image_size'", [], |r| {
                 r.get::<_, String>(0)
             })?
             .parse()
             .unwrap_or(0);
-        let mut objects: Vec<ObjectInfo> = Vec::new();
-        let mut st = conn.prepare(
-            "SELECT id, kind, name, device, path, partition, size FROM objects ORDER BY id",
-        )?;
+        let mut kinds: Vec<Kind> = Vec::new();
+        let mut st = conn.prepare("SELECT id, kind FROM objects ORDER BY id")?;
         let mut rows = st.query([])?;
+        // Kinds repeat: remember the last text and what it parsed to.
+        let mut last: (Vec<u8>, Kind) = (Vec::new(), Kind::Unknown);
         while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let Ok(id) = usize::try_from(id) else {
+            let Some(id) = usable_id(r.get(0)?, kinds.len()) else {
                 continue;
             };
-            // Ids are dense (1, 2, 3…); a hand-edited map with a huge id
-            // must not make us allocate for it.
-            if id > objects.len() + 1_000_000 {
-                continue;
+            if kinds.len() <= id {
+                kinds.resize(id + 1, Kind::default());
             }
-            if objects.len() <= id {
-                objects.resize(id + 1, ObjectInfo::default());
-            }
-            let kind: String = r.get(1)?;
-            objects[id] = ObjectInfo {
-                kind: Kind::parse(&kind).unwrap_or(Kind::Unknown),
-                name: r.get(2)?,
-                device: r.get(3)?,
-                path: r.get(4)?,
-                partition: r.get(5)?,
-                size: r
-                    .get::<_, Option<i64>>(6)?
-                    .and_then(|s| u64::try_from(s).ok()),
-            };
+            let kind = cached_kind_at(r, 1, &mut last)?;
+            kinds[id] = kind;
         }
         let mut starts = Vec::new();
         let mut ends = Vec::new();
@@ -140,12 +185,98 @@ impl MapIndex {
             starts,
             ends,
             owners,
-            objects,
+            kinds,
+            objects: std::sync::OnceLock::new(),
+            loader: std::sync::Mutex::new(None),
         })
     }
 
+    /// Reads the object table: names, devices, paths, partitions, sizes,
+    /// indexed by `objects.id`.
+    pub fn load_objects(conn: &Connection) -> Result<Vec<ObjectInfo>> {
+        let mut objects: Vec<ObjectInfo> = Vec::new();
+        let mut st = conn.prepare(
+            "SELECT id, kind, name, device, path, partition, size FROM objects ORDER BY id",
+        )?;
+        let mut rows = st.query([])?;
+        // Most objects of a filesystem share its device name, and kinds
+        // repeat.
+        let mut device: Option<String> = None;
+        let mut last: (Vec<u8>, Kind) = (Vec::new(), Kind::Unknown);
+        while let Some(r) = rows.next()? {
+            let Some(id) = usable_id(r.get(0)?, objects.len()) else {
+                continue;
+            };
+            if objects.len() <= id {
+                objects.resize(id + 1, ObjectInfo::default());
+            }
+            let kind = cached_kind_at(r, 1, &mut last)?;
+            let name: String = r.get(2)?;
+            let dev = match r.get_ref(3)? {
+                rusqlite::types::ValueRef::Text(t)
+                    if device.as_deref().map(str::as_bytes) == Some(t) =>
+                {
+                    device.clone()
+                }
+                _ => {
+                    device = r.get(3)?;
+                    device.clone()
+                }
+            };
+            objects[id] = ObjectInfo {
+                kind,
+                name,
+                device: dev,
+                path: r.get(4)?,
+                partition: r.get(5)?,
+                size: r
+                    .get::<_, Option<i64>>(6)?
+                    .and_then(|s| u64::try_from(s).ok()),
+            };
+        }
+        Ok(objects)
+    }
+
+    /// Takes the object table from a thread reading it (see
+    /// [`MapIndex::load_objects`]); it is waited for when first needed.
+    pub fn objects_from(self, loader: ObjectLoader) -> MapIndex {
+        if self.objects.get().is_none() {
+            *self.loader.lock().unwrap_or_else(|e| e.into_inner()) = Some(loader);
+        }
+        self
+    }
+
+    /// The object table, waiting for its loader if need be.
+    pub fn objects(&self) -> Result<&[ObjectInfo]> {
+        if let Some(o) = self.objects.get() {
+            return Ok(o);
+        }
+        // Held while waiting, so that a second caller waits too.
+        let mut loader = self.loader.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = loader.take() {
+            let objects = match handle.join() {
+                Ok(o) => o?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            let _ = self.objects.set(objects);
+        }
+        drop(loader);
+        Ok(self.objects.get_or_init(Vec::new))
+    }
+
+    /// The object `id`, once the object table is loaded.
     pub fn object(&self, id: u32) -> Option<&ObjectInfo> {
-        self.objects.get(id as usize)
+        self.objects.get()?.get(id as usize)
+    }
+
+    /// The kind of object `id`; `None` for an id the map does not have.
+    pub fn kind(&self, id: u32) -> Option<Kind> {
+        self.kinds.get(id as usize).copied()
+    }
+
+    /// One more than the largest object id.
+    pub fn object_count(&self) -> usize {
+        self.kinds.len()
     }
 
     /// Splits `[offset, offset + length)` over the layout, calling `f` for
@@ -336,7 +467,9 @@ mod tests {
             starts: vec![0, 10, 40],
             ends: vec![10, 40, 100],
             owners: vec![1, 2, 3],
-            objects: Vec::new(),
+            kinds: Vec::new(),
+            objects: std::sync::OnceLock::new(),
+            loader: std::sync::Mutex::new(None),
         }
     }
 
@@ -493,7 +626,7 @@ pub fn run(
     use crate::trace::Event;
     let mut outcome = Outcome::default();
     let mut log = LogState::new(opts, out)?;
-    let mut touched = Touched::with_objects(index.objects.len());
+    let mut touched = Touched::with_objects(index.object_count());
     let mut kind_bytes = [(0u64, 0u64); GROUPS.len()];
     let mut free_reads = FreeReads::default();
     let mut bad_lines = 0u64;
@@ -578,8 +711,7 @@ pub fn run(
             if result.is_err() {
                 return;
             }
-            let info = p.object.and_then(|o| index.object(o));
-            let kind = info.map(|i| i.kind);
+            let kind = p.object.and_then(|o| index.kind(o));
             let entry = &mut kind_bytes[kind_group(kind)];
             if r.op == Op::Read {
                 entry.0 += p.length;
@@ -622,6 +754,9 @@ pub fn run(
     }
     log.finish()?;
     let out = log.into_out()?;
+    if opts.view != View::Log {
+        index.objects()?;
+    }
     match opts.view {
         View::Log => {}
         View::Summary => write_summary(
@@ -785,11 +920,14 @@ impl<'o> LogState<'o> {
         if self.view != View::Log {
             return Ok(());
         }
-        let info = p.object.and_then(|o| index.object(o));
         let structured = self.output != OutputFormat::Text;
         if !self.verbose && !structured && self.last == Some((r.op, p.object)) {
             return Ok(());
         }
+        let info = match p.object {
+            Some(o) => index.objects()?.get(o as usize),
+            None => None,
+        };
         self.last = Some((r.op, p.object));
         let verbose = self.verbose;
         let object_offset = if verbose {
@@ -952,7 +1090,7 @@ fn write_summary(
     kind_bytes: &[(u64, u64); GROUPS.len()],
     free_reads: &FreeReads,
 ) -> Result<(), ReplayError> {
-    use crate::units::human;
+    use crate::units::{human, push_fixed, push_human, push_u64};
     let t = &outcome.totals;
     match opts.output {
         OutputFormat::Json => {
@@ -1014,30 +1152,56 @@ fn write_summary(
                 "  {:>8} {:>12} {:>8} {:>10} {:>7} {:>10}  path",
                 "seq", "time", "requests", "read", "%read", "re-read"
             )?;
+            // One reused buffer per column: this runs once per file.
+            let mut line = String::with_capacity(256);
+            let mut cell = String::with_capacity(32);
+            let mut num = String::with_capacity(32);
             for row in file_rows(index, touched) {
+                line.clear();
+                line.push_str("  ");
                 // Seconds since the first request read better than the
                 // trace's own clock (often seconds since 1970).
-                let time = row
-                    .first_time
-                    .map(|t| format!("+{:.6}", t - first_time.unwrap_or(t).min(t)))
-                    .unwrap_or_else(|| "-".into());
-                let pct = row
-                    .percent_read
-                    .map(|p| format!("{p:.1}"))
-                    .unwrap_or_else(|| "-".into());
-                let dev = row.device.unwrap_or("");
-                let suffix = if row.kind == "directory" { "/" } else { "" };
-                writeln!(
-                    out,
-                    "  {:>8} {:>12} {:>8} {:>10} {:>7} {:>10}  {dev} {}{suffix}",
-                    row.first_seq,
-                    time,
-                    row.requests,
-                    human(row.bytes_read),
-                    pct,
-                    human(row.reread_bytes),
-                    row.path
-                )?;
+                cell.clear();
+                match row.first_time {
+                    Some(t) => {
+                        cell.push('+');
+                        push_fixed(&mut cell, t - first_time.unwrap_or(t).min(t), 6);
+                    }
+                    None => cell.push('-'),
+                }
+                num.clear();
+                push_u64(&mut num, row.first_seq);
+                push_right(&mut line, &num, 8);
+                line.push(' ');
+                push_right(&mut line, &cell, 12);
+                line.push(' ');
+                num.clear();
+                push_u64(&mut num, row.requests);
+                push_right(&mut line, &num, 8);
+                line.push(' ');
+                cell.clear();
+                push_human(&mut cell, row.bytes_read);
+                push_right(&mut line, &cell, 10);
+                line.push(' ');
+                cell.clear();
+                match row.percent_read {
+                    Some(p) => push_fixed(&mut cell, p, 1),
+                    None => cell.push('-'),
+                }
+                push_right(&mut line, &cell, 7);
+                line.push(' ');
+                cell.clear();
+                push_human(&mut cell, row.reread_bytes);
+                push_right(&mut line, &cell, 10);
+                line.push_str("  ");
+                line.push_str(row.device.unwrap_or(""));
+                line.push(' ');
+                line.push_str(row.path);
+                if row.kind == "directory" {
+                    line.push('/');
+                }
+                line.push('\n');
+                out.write_all(line.as_bytes())?;
             }
             writeln!(out, "\nbytes by kind:")?;
             writeln!(out, "  {:<34} {:>12} {:>12}", "kind", "read", "written")?;
@@ -1062,6 +1226,14 @@ fn write_summary(
         }
     }
     Ok(())
+}
+
+/// Appends `s` right-aligned in `width` columns, as `{:>width}` does.
+fn push_right(out: &mut String, s: &str, width: usize) {
+    for _ in s.chars().count()..width {
+        out.push(' ');
+    }
+    out.push_str(s);
 }
 
 fn write_boot_list(

@@ -1,6 +1,7 @@
 //! `bmap replay`: finds the map, opens and sniffs the trace, runs the
 //! replay and turns its outcome into an exit status.
 
+use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,55 +30,51 @@ pub struct Args {
 const SNIFF_BYTES: usize = 64 * 1024;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let map_path = match args.map {
+    let map_path = match args.map.clone() {
         Some(m) => m,
         None => find_map()?,
     };
     let conn = store::open(&map_path, false)?;
-    let index = MapIndex::load(&conn).with_context(|| format!("loading {}", map_path.display()))?;
-    let stdin = args.trace.as_os_str() == "-";
-    let mut input: Box<dyn Read> = if stdin {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(
-            std::fs::File::open(&args.trace)
-                .with_context(|| format!("opening {}", args.trace.display()))?,
-        )
+    // The map is read while the trace is opened and parsed: the layout
+    // and kinds on one thread, the names and paths (only needed to print)
+    // on another. --store writes to the map, so there everything is read
+    // first, by one connection, as before.
+    let layout = {
+        let eager = args.store;
+        std::thread::spawn(move || {
+            let index = if eager {
+                MapIndex::load(&conn)
+            } else {
+                MapIndex::load_layout(&conn)
+            };
+            (conn, index)
+        })
     };
-    let mut head = Vec::with_capacity(SNIFF_BYTES);
-    input
-        .by_ref()
-        .take(SNIFF_BYTES as u64)
-        .read_to_end(&mut head)?;
-    let format = match args.format {
-        Some(f) => f,
-        None => {
-            let lines: Vec<&[u8]> = head.split(|&b| b == b'\n').take(200).collect();
-            match trace::detect(&lines) {
-                Some(f) => f,
-                None => bail!(
-                    "{}: not a trace bmap recognises (nbdkit log filter, qemu trace events, blkparse text, CSV time,op,offset,length); use --format",
-                    args.trace.display()
-                ),
-            }
-        }
+    let objects = (!args.store).then(|| {
+        let path = map_path.clone();
+        std::thread::spawn(move || {
+            let conn = store::open(&path, false)?;
+            MapIndex::load_objects(&conn)
+        })
+    });
+    let prepared = prepare(&args);
+    let (conn, index) = match layout.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     };
-    let mut popts = ParseOptions {
-        blkparse_action: args.action.clone(),
-        blkparse_offset: args.offset,
-    };
-    if format == Format::Blkparse && popts.blkparse_action.is_none() {
-        // D (issued to the device) when the trace has it, else Q (queued).
-        // A file is scanned whole; from standard input, the first 64 KiB
-        // decide.
-        let has_d = if stdin {
-            head.split(|&b| b == b'\n')
-                .any(|l| nth_field(l, 5) == Some(b"D".as_slice()))
-        } else {
-            has_blkparse_action(&args.trace, "D")?
-        };
-        popts.blkparse_action = Some(if has_d { "D" } else { "Q" }.to_string());
+    let mut index = index.with_context(|| format!("loading {}", map_path.display()))?;
+    if let Some(objects) = objects {
+        index = index.objects_from(objects);
     }
+    // The process ends soon after the replay: freeing hundreds of
+    // thousands of names one by one would only cost time.
+    let index = std::mem::ManuallyDrop::new(index);
+    let Prepared {
+        input,
+        format,
+        popts,
+        stdin,
+    } = prepared?;
     let trace_name = args.name.clone().unwrap_or_else(|| {
         args.trace
             .file_name()
@@ -105,13 +102,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // The trace is hashed as it is read, so --store can tell a trace it
     // already holds without reading the file twice.
-    let hasher = std::rc::Rc::new(std::cell::RefCell::new(Sha256::new()));
-    let input = Hashing {
-        inner: std::io::Cursor::new(head).chain(input),
-        hasher: std::rc::Rc::clone(&hasher),
+    let hasher = std::sync::Arc::new(std::sync::Mutex::new(Sha256::new()));
+    let input: Box<dyn Read + Send> = if trace_store.is_some() {
+        Box::new(Hashing {
+            inner: input,
+            hasher: std::sync::Arc::clone(&hasher),
+        })
+    } else {
+        input
     };
     let reader = BufReader::with_capacity(1 << 20, input);
-    let events = trace::events(format, reader, &popts);
+    let events = parse_in_background(format, reader, popts);
     let opts = ReplayOptions {
         view: args.view,
         output: args.output,
@@ -135,7 +136,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(s) = trace_store {
         let sha: String = hasher
-            .borrow_mut()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .finalize()
             .iter()
@@ -164,6 +166,100 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// An opened trace, its format known.
+struct Prepared {
+    /// The whole trace, the bytes read to sniff it included.
+    input: Box<dyn Read + Send>,
+    format: Format,
+    popts: ParseOptions,
+    stdin: bool,
+}
+
+/// Opens the trace and settles its format.
+fn prepare(args: &Args) -> anyhow::Result<Prepared> {
+    let stdin = args.trace.as_os_str() == "-";
+    let mut input: Box<dyn Read + Send> = if stdin {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.trace)
+                .with_context(|| format!("opening {}", args.trace.display()))?,
+        )
+    };
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    input
+        .by_ref()
+        .take(SNIFF_BYTES as u64)
+        .read_to_end(&mut head)?;
+    let (format, popts) = settle(
+        &args.trace,
+        &head,
+        stdin,
+        args.format,
+        args.action.clone(),
+        args.offset,
+    )?;
+    Ok(Prepared {
+        input: Box::new(std::io::Cursor::new(head).chain(input)),
+        format,
+        popts,
+        stdin,
+    })
+}
+
+/// Events per batch handed from the parsing thread to the replay.
+const BATCH: usize = 4096;
+/// Batches parsed ahead of the replay at most: memory stays bounded
+/// whatever the trace's length (some 13 MB), yet parsing need not stop
+/// while the replay waits for the names of the first objects it prints.
+const BATCHES_AHEAD: usize = 32;
+
+type Item = Result<trace::Event, trace::TraceError>;
+
+/// Parses the trace on a thread of its own (the other core replays), in
+/// order, handing batches over a bounded channel; the emptied batches go
+/// back to be refilled.
+fn parse_in_background<R: std::io::BufRead + Send + 'static>(
+    format: Format,
+    reader: R,
+    popts: ParseOptions,
+) -> trace::Events<'static> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<VecDeque<Item>>(BATCHES_AHEAD);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<VecDeque<Item>>();
+    // The thread ends when the trace does, or when the replay stops
+    // listening (an error, a closed pipe): then its send fails.
+    let mut parser = Some(std::thread::spawn(move || {
+        let mut events = trace::events(format, reader, &popts);
+        loop {
+            let mut batch = back_rx
+                .try_recv()
+                .unwrap_or_else(|_| VecDeque::with_capacity(BATCH));
+            batch.extend(events.by_ref().take(BATCH));
+            if batch.is_empty() || tx.send(batch).is_err() {
+                break;
+            }
+        }
+    }));
+    let mut current = VecDeque::new();
+    Box::new(std::iter::from_fn(move || loop {
+        if let Some(e) = current.pop_front() {
+            return Some(e);
+        }
+        let Ok(next) = rx.recv() else {
+            // The trace is over, or the parser panicked: then so do we,
+            // as if it had run here.
+            if let Some(Err(panic)) = parser.take().map(|p| p.join()) {
+                std::panic::resume_unwind(panic);
+            }
+            return None;
+        };
+        let done = std::mem::replace(&mut current, next);
+        if done.capacity() > 0 {
+            let _ = back_tx.send(done);
+        }
+    }))
 }
 
 /// The only `*.bmap` in the current directory.
@@ -211,19 +307,22 @@ fn nth_field(line: &[u8], n: usize) -> Option<&[u8]> {
 /// A reader that feeds everything it reads to a hash.
 struct Hashing<R> {
     inner: R,
-    hasher: std::rc::Rc<std::cell::RefCell<Sha256>>,
+    hasher: std::sync::Arc<std::sync::Mutex<Sha256>>,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.borrow_mut().update(&buf[..n]);
+        self.hasher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&buf[..n]);
         Ok(n)
     }
 }
 
 /// The format of the trace file at `path` (sniffed unless `forced`) and
-/// how to parse it; for blkparse, which action's lines are requests.
+/// how to parse it.
 pub(crate) fn sniff(
     path: &Path,
     forced: Option<Format>,
@@ -235,16 +334,32 @@ pub(crate) fn sniff(
         .with_context(|| format!("opening {}", path.display()))?
         .take(SNIFF_BYTES as u64)
         .read_to_end(&mut head)?;
+    settle(path, &head, false, forced, action, offset)
+}
+
+/// The format of a trace that starts with `head` (sniffed unless
+/// `forced`), and for blkparse which action's lines are requests: D
+/// (issued to the device) when the trace has it, else Q (queued). A file is
+/// scanned whole; from standard input, the first 64 KiB decide.
+fn settle(
+    trace: &Path,
+    head: &[u8],
+    from_stdin: bool,
+    forced: Option<Format>,
+    action: Option<String>,
+    offset: u64,
+) -> anyhow::Result<(Format, ParseOptions)> {
     let format = match forced {
         Some(f) => f,
         None => {
             let lines: Vec<&[u8]> = head.split(|&b| b == b'\n').take(200).collect();
-            trace::detect(&lines).with_context(|| {
-                format!(
+            match trace::detect(&lines) {
+                Some(f) => f,
+                None => bail!(
                     "{}: not a trace bmap recognises (nbdkit log filter, qemu trace events, blkparse text, CSV time,op,offset,length); use --format",
-                    path.display()
-                )
-            })?
+                    trace.display()
+                ),
+            }
         }
     };
     let mut opts = ParseOptions {
@@ -252,7 +367,12 @@ pub(crate) fn sniff(
         blkparse_offset: offset,
     };
     if format == Format::Blkparse && opts.blkparse_action.is_none() {
-        let has_d = has_blkparse_action(path, "D")?;
+        let has_d = if from_stdin {
+            head.split(|&b| b == b'\n')
+                .any(|l| nth_field(l, 5) == Some(b"D".as_slice()))
+        } else {
+            has_blkparse_action(trace, "D")?
+        };
         opts.blkparse_action = Some(if has_d { "D" } else { "Q" }.to_string());
     }
     Ok((format, opts))

@@ -142,10 +142,16 @@ impl Format {
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// Reads lines with a bounded buffer, counting them from 1.
+///
+/// A line that lies whole in the reader's buffer is handed out from there;
+/// only a line that straddles two fills is copied.
 pub struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
     line: u64,
+    /// Bytes of `inner`'s buffer handed out as the last line, consumed on
+    /// the next call.
+    unconsumed: usize,
 }
 
 impl<R: BufRead> LineReader<R> {
@@ -154,6 +160,7 @@ impl<R: BufRead> LineReader<R> {
             inner,
             buf: Vec::with_capacity(256),
             line: 0,
+            unconsumed: 0,
         }
     }
 
@@ -166,6 +173,26 @@ impl<R: BufRead> LineReader<R> {
     /// A line longer than [`MAX_LINE`] is an error naming it; the rest of it
     /// is skipped so the caller may go on.
     pub fn next_line(&mut self) -> Option<Result<&[u8], TraceError>> {
+        if self.unconsumed > 0 {
+            self.inner.consume(self.unconsumed);
+            self.unconsumed = 0;
+        }
+        // The common case: the whole line is in the reader's buffer.
+        let whole = match self.inner.fill_buf() {
+            Ok(c) => memchr(b'\n', c).filter(|&i| i <= MAX_LINE),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => return Some(Err(TraceError::Io(e))),
+        };
+        if let Some(i) = whole {
+            self.line += 1;
+            self.unconsumed = i + 1;
+            // fill_buf again hands back the same buffered bytes (asking
+            // once more keeps the borrow checker happy).
+            return Some(match self.inner.fill_buf() {
+                Ok(chunk) => Ok(trim_eol(chunk.get(..i).unwrap_or(chunk))),
+                Err(e) => Err(TraceError::Io(e)),
+            });
+        }
         self.buf.clear();
         let mut too_long = false;
         loop {
@@ -205,11 +232,16 @@ impl<R: BufRead> LineReader<R> {
                 max: MAX_LINE,
             }));
         }
-        while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
-            self.buf.pop();
-        }
-        Some(Ok(&self.buf))
+        Some(Ok(trim_eol(&self.buf)))
     }
+}
+
+/// A line without its trailing `\n`s and `\r`s.
+fn trim_eol(mut l: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\n' | b'\r'] = l {
+        l = rest;
+    }
+    l
 }
 
 use memchr::memchr;

@@ -47,6 +47,13 @@ pub fn parse_range(s: &str) -> Result<(u64, Option<u64>), String> {
 
 /// 1536 -> "1.5 KiB".
 pub fn human(bytes: u64) -> String {
+    let mut s = String::new();
+    push_human(&mut s, bytes);
+    s
+}
+
+/// Appends [`human`]`(bytes)` to `out`, without allocating.
+pub fn push_human(out: &mut String, bytes: u64) {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut v = bytes as f64;
     let mut i = 0;
@@ -55,10 +62,81 @@ pub fn human(bytes: u64) -> String {
         i += 1;
     }
     if i == 0 {
-        format!("{bytes} B")
+        push_u64(out, bytes);
+        out.push_str(" B");
     } else {
-        format!("{v:.1} {}", UNITS[i])
+        push_fixed(out, v, 1);
+        out.push(' ');
+        out.push_str(UNITS[i]);
     }
+}
+
+/// Appends `n` in decimal.
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// Appends `v` with `prec` decimals, exactly as `format!("{v:.prec$}")`
+/// writes it (the correctly rounded decimal of the binary value, ties to
+/// even), but quickly for the common case: a non-negative value whose
+/// scaled value is clearly not near a rounding tie is rounded in
+/// floating point; anything else goes through `format!`.
+pub fn push_fixed(out: &mut String, v: f64, prec: usize) {
+    const POW10: [u64; 10] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+    ];
+    if let Some(&p) = POW10.get(prec) {
+        if v.is_sign_positive() && v < 1e12 {
+            // x is v·10^prec with one rounding: |x - v·10^prec| ≤ x·2^-53.
+            // Rounding to an integer only changes at half-integers, so if
+            // none lies within that error of x, x rounds as the exact
+            // value does.
+            let x = v * p as f64;
+            let frac = x - x.floor();
+            let margin = x * f64::EPSILON + f64::MIN_POSITIVE;
+            if (frac - 0.5).abs() > margin {
+                let r = if frac > 0.5 {
+                    x.floor() + 1.0
+                } else {
+                    x.floor()
+                } as u64;
+                push_u64(out, r / p);
+                if prec > 0 {
+                    out.push('.');
+                    let f = r % p;
+                    let mut scale = p / 10;
+                    while scale > 0 {
+                        out.push(char::from(b'0' + ((f / scale) % 10) as u8));
+                        scale /= 10;
+                    }
+                }
+                return;
+            }
+        }
+    }
+    use std::fmt::Write;
+    let _ = write!(out, "{v:.prec$}");
 }
 
 #[cfg(test)]
@@ -81,5 +159,72 @@ mod tests {
     fn humanises() {
         assert_eq!(human(512), "512 B");
         assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(u64::MAX), "16.0 EiB");
+    }
+
+    /// `push_fixed` writes what `format!` writes, ties and all.
+    #[test]
+    fn fixed_matches_format() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.05,
+            0.15,
+            0.25,
+            0.35,
+            0.45,
+            0.5,
+            1.5,
+            2.5,
+            9.95,
+            99.95,
+            999.9999995,
+            0.0000005,
+            0.0000015,
+            1e-300,
+            5e-324,
+            1e11,
+            1e12,
+            1e15,
+            1e300,
+            -1.25,
+            -0.04,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            100.0,
+            33.333333333,
+            1795258459.697058,
+        ];
+        for _ in 0..200_000 {
+            let r = next();
+            values.push(match r % 4 {
+                0 => (r >> 11) as f64 / (1u64 << 53) as f64 * 100.0,
+                1 => ((r >> 20) % 100_000_000) as f64 / 1e6,
+                2 => ((r >> 20) % 100_000) as f64 / 1e3 + 0.0005,
+                _ => f64::from_bits(r >> 2),
+            });
+        }
+        let mut s = String::new();
+        for v in values {
+            for prec in [0, 1, 2, 6, 9, 12] {
+                s.clear();
+                push_fixed(&mut s, v, prec);
+                assert_eq!(s, format!("{v:.prec$}"), "{v:e} .{prec}");
+            }
+        }
+        for n in [0, 1, 9, 10, 1023, 1024, 1536, 1 << 20, u64::MAX] {
+            s.clear();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 }
