@@ -5,7 +5,8 @@
 //! bare filesystem) → [`ext4`] (filesystem walker) → [`map`] (objects,
 //! extents, layout) → [`store`] (the SQLite file, whose schema lives in
 //! `schema/`). [`query`] reads maps back for `info`, `lookup` and `export`;
-//! [`trace`] parses block I/O traces and [`replay`] joins them with a map.
+//! [`trace`] parses block I/O traces and [`replay`] joins them with a map;
+//! [`serve`] exports an image over NBD and attributes requests live.
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -15,6 +16,7 @@ pub mod index;
 pub mod map;
 pub mod query;
 pub mod replay;
+pub mod serve;
 pub mod store;
 pub mod trace;
 pub mod units;

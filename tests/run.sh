@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 declare -A need=(
   [mke2fs]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [e2fsck]=e2fsprogs
   [sgdisk]=gdisk [sfdisk]=fdisk [gzip]=gzip [python3]=python3 [sqlite3]=sqlite3 [qemu-img]=qemu-utils
-  [qemu-io]=qemu-utils [nbdkit]=nbdkit [nbdcopy]=libnbd-bin [tmux]=tmux
+  [qemu-io]=qemu-utils [nbdkit]=nbdkit [nbdcopy]=libnbd-bin [nbdinfo]=libnbd-bin [tmux]=tmux
+  [timeout]=coreutils [sha256sum]=coreutils
 )
 missing=()
 for tool in "${!need[@]}"; do
