@@ -146,42 +146,7 @@ enum Command {
     },
     /// Export an image over NBD and log, live, which objects each request
     /// touches (virt-bmap style); optionally record a trace for replay.
-    Serve {
-        /// The raw disk image to export (opened read-only unless --writable).
-        image: PathBuf,
-        /// The map [default: IMAGE.bmap if it exists, else the only *.bmap
-        /// in the current directory].
-        #[arg(long)]
-        map: Option<PathBuf>,
-        /// Listen on this Unix socket [default: a socket in a new private
-        /// temporary directory].
-        #[arg(long, conflicts_with = "port")]
-        socket: Option<PathBuf>,
-        /// Listen on TCP port N of 127.0.0.1 instead (0: any free port).
-        #[arg(long)]
-        port: Option<u16>,
-        /// Write the live log here [default: standard output].
-        #[arg(long)]
-        log: Option<PathBuf>,
-        /// Record every request in nbdkit's log-filter format, which
-        /// `bmap replay` reads.
-        #[arg(long)]
-        trace_out: Option<PathBuf>,
-        /// Accept writes (into --overlay, or with --i-mean-it into IMAGE).
-        #[arg(long)]
-        writable: bool,
-        /// Copy-on-write overlay for writes: a new file (refused if it
-        /// exists); IMAGE is never modified.
-        #[arg(long, requires = "writable")]
-        overlay: Option<PathBuf>,
-        /// With --writable and no --overlay: really write to IMAGE.
-        #[arg(long, requires = "writable")]
-        i_mean_it: bool,
-        /// Run `sh -c CMD` with $uri, $nbd, $socket and $port set, serve
-        /// until it exits, then exit with its status.
-        #[arg(long, value_name = "CMD")]
-        run: Option<String>,
-    },
+    Serve(serve_cmd::Args),
     /// Write a map in another tool's format.
     Export {
         map: PathBuf,
@@ -299,29 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             offset: offset.unwrap_or(0),
             color: !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         }),
-        Command::Serve {
-            image,
-            map,
-            socket,
-            port,
-            log,
-            trace_out,
-            writable,
-            overlay,
-            i_mean_it,
-            run,
-        } => serve_cmd::run(serve_cmd::Args {
-            image,
-            map,
-            socket,
-            port,
-            log,
-            trace_out,
-            writable,
-            overlay,
-            i_mean_it,
-            run,
-        }),
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Replay {
             trace,
             map,

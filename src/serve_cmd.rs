@@ -15,16 +15,41 @@ use bmap::serve::Server;
 use bmap::store;
 use bmap::units::human;
 
+#[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The raw disk image to export (opened read-only unless --writable).
     pub image: PathBuf,
+    /// The map [default: IMAGE.bmap if it exists, else the only *.bmap
+    /// in the current directory].
+    #[arg(long)]
     pub map: Option<PathBuf>,
+    /// Listen on this Unix socket [default: a socket in a new private
+    /// temporary directory].
+    #[arg(long, conflicts_with = "port")]
     pub socket: Option<PathBuf>,
+    /// Listen on TCP port N of 127.0.0.1 instead (0: any free port).
+    #[arg(long)]
     pub port: Option<u16>,
+    /// Write the live log here [default: standard output].
+    #[arg(long)]
     pub log: Option<PathBuf>,
+    /// Record every request in nbdkit's log-filter format, which
+    /// `bmap replay` reads.
+    #[arg(long)]
     pub trace_out: Option<PathBuf>,
+    /// Accept writes (into --overlay, or with --i-mean-it into IMAGE).
+    #[arg(long)]
     pub writable: bool,
+    /// Copy-on-write overlay for writes: a new file (refused if it
+    /// exists); IMAGE is never modified.
+    #[arg(long, requires = "writable")]
     pub overlay: Option<PathBuf>,
+    /// With --writable and no --overlay: really write to IMAGE.
+    #[arg(long, requires = "writable")]
     pub i_mean_it: bool,
+    /// Run `sh -c CMD` with $uri, $nbd, $socket and $port set, serve
+    /// until it exits, then exit with its status.
+    #[arg(long, value_name = "CMD")]
     pub run: Option<String>,
 }
 
