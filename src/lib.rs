@@ -14,6 +14,7 @@ pub mod ext4;
 pub mod image;
 pub mod index;
 pub mod map;
+pub mod plot;
 pub mod query;
 pub mod replay;
 pub mod serve;

@@ -12,6 +12,7 @@ use bmap::index::{self, IndexOptions};
 use bmap::units::{human, parse_range};
 use bmap::{query, store};
 
+mod plot_cmd;
 mod replay_cmd;
 mod serve_cmd;
 mod sql_cmd;
@@ -147,6 +148,9 @@ enum Command {
     /// Export an image over NBD and log, live, which objects each request
     /// touches (virt-bmap style); optionally record a trace for replay.
     Serve(serve_cmd::Args),
+    /// Draw the layout as SVG (a grid coloured by kind, partitions
+    /// labelled, a legend), or with --trace the accesses over time.
+    Plot(plot_cmd::Args),
     /// Write a map in another tool's format.
     Export {
         map: PathBuf,
@@ -265,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             color: !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         }),
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Plot(args) => plot_cmd::run(args),
         Command::Replay {
             trace,
             map,

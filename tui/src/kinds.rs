@@ -84,6 +84,28 @@ pub fn style(id: KindId) -> &'static KindStyle {
     KINDS.get(usize::from(id)).unwrap_or(&KINDS[OTHER as usize])
 }
 
+/// A kind's colour as `#rrggbb`, for pictures outside the terminal (`bmap
+/// plot`): the terminal colour's usual look.
+pub fn rgb(id: KindId) -> &'static str {
+    match style(id).color {
+        Color::Green => "#2e9d3a",
+        Color::LightGreen => "#8fd16a",
+        Color::LightCyan => "#7fdbe6",
+        Color::LightMagenta => "#e08ae6",
+        Color::Magenta => "#a43cae",
+        Color::Yellow => "#e0b000",
+        Color::LightYellow => "#f5e27a",
+        Color::LightRed => "#f07070",
+        Color::Red => "#c0392b",
+        Color::Cyan => "#1aa3b8",
+        Color::LightBlue => "#8ab4f0",
+        Color::DarkGray => "#5a5a5a",
+        Color::Blue => "#2f5fb3",
+        Color::Gray => "#b8b8b8",
+        _ => "#ffffff",
+    }
+}
+
 pub fn name(id: KindId) -> &'static str {
     style(id).name
 }
