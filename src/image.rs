@@ -60,6 +60,13 @@ impl ImageFile {
         Ok(ImageFile { file, size })
     }
 
+    /// Reads through an already open file (one holding a lock, say).
+    pub fn from_file(mut file: File) -> std::io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let size = file.seek(SeekFrom::End(0))?;
+        Ok(ImageFile { file, size })
+    }
+
     /// The underlying file, for metadata such as mtime.
     pub fn file(&self) -> &File {
         &self.file

@@ -15,6 +15,7 @@ use bmap::{query, store};
 mod plot_cmd;
 mod replay_cmd;
 mod serve_cmd;
+mod sparsify_cmd;
 mod sql_cmd;
 mod tui_cmd;
 
@@ -151,6 +152,10 @@ enum Command {
     /// Draw the layout as SVG (a grid coloured by kind, partitions
     /// labelled, a legend), or with --trace the accesses over time.
     Plot(plot_cmd::Args),
+    /// Punch holes in IMAGE over filesystem-free blocks and unpartitioned
+    /// space (in place, offline); refuses unless the map matches and the
+    /// filesystems are clean.
+    Sparsify(sparsify_cmd::Args),
     /// Write a map in another tool's format.
     Export {
         map: PathBuf,
@@ -270,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Plot(args) => plot_cmd::run(args),
+        Command::Sparsify(args) => sparsify_cmd::run(args),
         Command::Replay {
             trace,
             map,
