@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 
 use bmap_tui::kinds::{self, KindId};
 
+use crate::units::human;
+
 /// A partition (or any labelled range) drawn on the strip above the grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Span {
@@ -65,18 +67,15 @@ fn legend(svg: &mut String, present: &BTreeSet<KindId>, x: f64, y: f64, width: f
     cy + 18.0
 }
 
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
+/// The document's opening: size, fonts, a white background.
+fn svg_open(width: f64, height: f64) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    svg
 }
 
 /// The cell size for `cells` cells over `image_size` bytes: a power of
@@ -130,12 +129,7 @@ pub fn layout_svg(
     );
     let height = legend_end + MARGIN;
 
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let mut svg = svg_open(width, height);
     let _ = writeln!(
         svg,
         r#"<text x="{MARGIN}" y="24" font-size="15" font-weight="bold">{}</text>"#,
@@ -144,8 +138,8 @@ pub fn layout_svg(
     let _ = writeln!(
         svg,
         r#"<text x="{MARGIN}" y="40">{} · {} per cell · {} cells · left to right, top to bottom</text>"#,
-        size(image_size),
-        size(cell),
+        human(image_size),
+        human(cell),
         n
     );
 
@@ -168,7 +162,7 @@ pub fn layout_svg(
             r##"<g class="partition" data-label="{label}"><rect x="{x:.1}" y="{strip_y}" width="{w:.1}" height="22" fill="#9ec5f0" stroke="#1f4e8c" stroke-width="0.8"/><text x="{:.1}" y="{:.1}" clip-path="none">{label} ({})</text></g>"##,
             x + 3.0,
             strip_y + 15.0,
-            size(e - s),
+            human(e - s),
             label = esc(&p.label),
         );
         // Where the partition starts in the grid below.
@@ -252,12 +246,7 @@ pub fn accesses_svg(title: &str, image_size: u64, accesses: &[Access]) -> String
     let legend_end = legend(&mut legend_svg, &present, LEFT, TOP + H + 45.0, W);
     let width = LEFT + W + 30.0;
     let height = legend_end + 20.0;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let mut svg = svg_open(width, height);
     let _ = writeln!(
         svg,
         r#"<text x="{LEFT}" y="24" font-size="15" font-weight="bold">{}</text>"#,
@@ -294,7 +283,7 @@ pub fn accesses_svg(title: &str, image_size: u64, accesses: &[Access]) -> String
             LEFT - 5.0,
             LEFT - 8.0,
             y + 4.0,
-            size((f * ymax) as u64)
+            human((f * ymax) as u64)
         );
     }
     let _ = writeln!(

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use bmap::plot::{self, Access, Span};
-use bmap::replay::{MapIndex, MAX_BAD_LINES};
+use bmap::replay::MapIndex;
 use bmap::store;
-use bmap::trace::{self, Event, Op};
+use bmap::trace::Op;
 use bmap_tui::kinds;
 
 /// Draw the layout as SVG (partitions labelled, a legend per kind), or
@@ -111,29 +111,15 @@ fn accesses(conn: &rusqlite::Connection, path: &std::path::Path) -> anyhow::Resu
     let index = MapIndex::load(conn).context("loading the map")?;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
-    let mut bad = 0u64;
-    for (seq, event) in
-        trace::events(format, BufReader::with_capacity(1 << 20, file), &opts).enumerate()
-    {
-        let r = match event {
-            Ok(Event::Request(r)) => r,
-            Ok(_) => continue,
-            Err(e) if e.is_fatal() => return Err(e.into()),
-            Err(_) => {
-                bad += 1;
-                if bad > MAX_BAD_LINES {
-                    bail!("more than {MAX_BAD_LINES} lines bmap could not read; run bmap replay on it to see them");
-                }
-                continue;
-            }
-        };
+    let reader = BufReader::with_capacity(1 << 20, file);
+    crate::replay_cmd::for_each_request(reader, format, &opts, |seq, r| {
         let write = match r.op {
             Op::Read => false,
             Op::Write | Op::Zero | Op::Trim => true,
-            _ => continue,
+            _ => return,
         };
         if r.failed.is_some() || r.length == 0 {
-            continue;
+            return;
         }
         let mut best: (u64, Option<u32>) = (0, None);
         index.split(r.offset, r.length, |p| {
@@ -152,6 +138,6 @@ fn accesses(conn: &rusqlite::Connection, path: &std::path::Path) -> anyhow::Resu
             kind,
             write,
         });
-    }
+    })?;
     Ok(out)
 }

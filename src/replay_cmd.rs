@@ -377,3 +377,32 @@ fn settle(
     }
     Ok((format, opts))
 }
+
+/// Calls `f(seq, request)` for each request of a trace read by another
+/// command (`tui`, `plot`), with `bmap replay`'s tolerance: unreadable
+/// lines are skipped, up to [`replay::MAX_BAD_LINES`] of them.
+pub(crate) fn for_each_request<R: std::io::BufRead>(
+    reader: R,
+    format: Format,
+    opts: &ParseOptions,
+    mut f: impl FnMut(usize, trace::Request),
+) -> anyhow::Result<()> {
+    let mut bad = 0u64;
+    for (seq, event) in trace::events(format, reader, opts).enumerate() {
+        match event {
+            Ok(trace::Event::Request(r)) => f(seq, r),
+            Ok(_) => {}
+            Err(e) if e.is_fatal() => return Err(e.into()),
+            Err(_) => {
+                bad += 1;
+                if bad > replay::MAX_BAD_LINES {
+                    bail!(
+                        "more than {} lines bmap could not read; run bmap replay on it to see them",
+                        replay::MAX_BAD_LINES
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

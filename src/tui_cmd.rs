@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 
-use bmap::replay::{MapIndex, MAX_BAD_LINES};
+use bmap::replay::MapIndex;
 use bmap::store;
-use bmap::trace::{self, Event, Format};
+use bmap::trace::{self, Format};
 use bmap_tui::{TraceData, TraceOp, TracePiece, TraceRequest, TraceSource};
 
 pub struct Args {
@@ -144,22 +144,11 @@ fn load(
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         ..TraceData::default()
     };
-    let mut bad = 0u64;
-    for (n, event) in trace::events(format, reader, opts).enumerate() {
-        let r = match event {
-            Ok(Event::Request(r)) => r,
-            Ok(_) => continue,
-            Err(e) if e.is_fatal() => return Err(e.into()),
-            Err(_) => {
-                // The same tolerance as `bmap replay`, which lists them.
-                bad += 1;
-                if bad > MAX_BAD_LINES {
-                    return Err(anyhow!(
-                        "more than {MAX_BAD_LINES} lines bmap could not read; run bmap replay on it to see them"
-                    ));
-                }
-                continue;
-            }
+    let mut too_many = false;
+    crate::replay_cmd::for_each_request(reader, format, opts, |n, r| {
+        let Ok(first_piece) = u32::try_from(data.pieces.len()) else {
+            too_many = true;
+            return;
         };
         data.requests.push(TraceRequest {
             time: r.time,
@@ -167,8 +156,7 @@ fn load(
             offset: r.offset,
             length: r.length,
             failed: r.failed.is_some(),
-            first_piece: u32::try_from(data.pieces.len())
-                .map_err(|_| anyhow!("{}: too many requests", trace_path.display()))?,
+            first_piece,
         });
         index.split(r.offset, r.length, |p| {
             data.pieces.push(TracePiece {
@@ -179,6 +167,9 @@ fn load(
         if n % 4096 == 0 {
             progress(read.get() as f64 / total as f64);
         }
+    })?;
+    if too_many {
+        return Err(anyhow!("{}: too many requests", trace_path.display()));
     }
     Ok(data)
 }
