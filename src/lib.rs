@@ -18,6 +18,7 @@ pub mod plot;
 pub mod query;
 pub mod replay;
 pub mod serve;
+pub mod space;
 pub mod sparsify;
 pub mod store;
 pub mod trace;

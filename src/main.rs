@@ -15,6 +15,7 @@ use bmap::{query, store};
 mod plot_cmd;
 mod replay_cmd;
 mod serve_cmd;
+mod space_cmd;
 mod sparsify_cmd;
 mod sql_cmd;
 mod tui_cmd;
@@ -152,6 +153,10 @@ enum Command {
     /// Draw the layout as SVG (a grid coloured by kind, partitions
     /// labelled, a legend), or with --trace the accesses over time.
     Plot(plot_cmd::Args),
+    /// Free, stale and sparse bytes per filesystem: free bytes still
+    /// holding data, free bytes already holes on the host, free extent
+    /// sizes, fragmentation and the smallest filesystem for the data.
+    Space(space_cmd::Args),
     /// Punch holes in IMAGE over filesystem-free blocks and unpartitioned
     /// space (in place, offline); refuses unless the map matches and the
     /// filesystems are clean.
@@ -276,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Plot(args) => plot_cmd::run(args),
         Command::Sparsify(args) => sparsify_cmd::run(args),
+        Command::Space(args) => space_cmd::run(args),
         Command::Replay {
             trace,
             map,
