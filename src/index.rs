@@ -140,6 +140,50 @@ fn structure_hash(img: &dyn ReadAt, map: &MapBuilder) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a fresh walk of an image says about a map of it.
+pub enum Verdict {
+    /// The image has the map's size, partition tables and superblocks;
+    /// here is the walk.
+    Matches(Box<Indexed>),
+    /// Why the map does not describe this image.
+    Differs(String),
+}
+
+/// Walks `img` again, with the options the map `conn` was made with, and
+/// compares it with the map's fingerprint (`meta`: image size and the hash
+/// of partition tables and primary superblocks). Commands that act on an
+/// image through its map (`space`, `sparsify`) check this first.
+pub fn check_against_map(conn: &rusqlite::Connection, img: &dyn ReadAt) -> Result<Verdict> {
+    use rusqlite::OptionalExtension;
+    let get = |k: &str| -> Result<Option<String>> {
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .optional()?)
+    };
+    let size = img.size();
+    let want: Option<u64> = get("image_size")?.and_then(|s| s.parse().ok());
+    if want != Some(size) {
+        return Ok(Verdict::Differs(format!(
+            "the image has {size} bytes, the map's image {}",
+            want.map_or_else(|| "an unknown number of".to_string(), |w| w.to_string())
+        )));
+    }
+    let options: serde_json::Value = get("options")?
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let opts = IndexOptions {
+        device: options["device"].as_str().unwrap_or("sda").to_string(),
+        sector_size: options["sector_size"].as_u64(),
+    };
+    let indexed = index(img, &opts, &indicatif::ProgressBar::hidden())?;
+    if get("structure_sha256")?.unwrap_or_default() != indexed.structure_hash {
+        return Ok(Verdict::Differs(
+            "its partition tables or superblocks changed since it was indexed".into(),
+        ));
+    }
+    Ok(Verdict::Matches(Box::new(indexed)))
+}
+
 /// The `meta` rows for a map of `image`.
 pub fn meta_rows(
     image: &Path,

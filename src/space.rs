@@ -186,26 +186,13 @@ pub fn verify_image(conn: &Connection, image: &Path, fp: &Fingerprint) -> Result
             fp.image_size
         )));
     }
-    let get = |k: &str| -> Result<Option<String>> {
-        Ok(conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
-            .optional()?)
-    };
-    let options: serde_json::Value = get("options")?
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
-    let opts = crate::index::IndexOptions {
-        device: options["device"].as_str().unwrap_or("sda").to_string(),
-        sector_size: options["sector_size"].as_u64(),
-    };
-    let indexed = crate::index::index(&img, &opts, &indicatif::ProgressBar::hidden())?;
-    if get("structure_sha256")?.unwrap_or_default() != indexed.structure_hash {
-        return Err(map_err(format!(
-            "image {} does not match the map: its partition tables or superblocks changed since it was indexed (re-run bmap index)",
+    match crate::index::check_against_map(conn, &img)? {
+        crate::index::Verdict::Matches(_) => Ok(()),
+        crate::index::Verdict::Differs(why) => Err(map_err(format!(
+            "image {} does not match the map: {why} (re-run bmap index)",
             image.display()
-        )));
+        ))),
     }
-    Ok(())
 }
 
 /// What the reader found over a set of byte ranges.

@@ -16,10 +16,10 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use crate::image::ImageFile;
-use crate::index::{self, IndexOptions};
+use crate::index;
 use crate::map::Kind;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +80,6 @@ pub struct Report {
     pub zeroed_instead: bool,
 }
 
-fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?)
-}
-
 /// Bytes of `range` the file has allocated (data, not holes).
 fn allocated_in(file: &File, range: &Range<u64>) -> Result<u64> {
     use rustix::fs::{seek, SeekFrom};
@@ -137,28 +131,10 @@ pub fn sparsify(image: &Path, conn: &Connection, opts: &Options) -> Result<Repor
     // the file again and closing it would drop the lock.
     let img = ImageFile::from_file(file.try_clone().map_err(io("dup"))?)
         .map_err(io(format!("reading {name}")))?;
-    let size = crate::image::ReadAt::size(&img);
-    let want_size: Option<u64> = meta(conn, "image_size")?.and_then(|s| s.parse().ok());
-    if want_size != Some(size) {
-        return Err(SparsifyError::Mismatch(format!(
-            "the map's image has {} bytes, this one {size}",
-            want_size.map_or("an unknown number of".into(), |s| s.to_string())
-        )));
-    }
-    let options: serde_json::Value = meta(conn, "options")?
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
-    let index_opts = IndexOptions {
-        device: options["device"].as_str().unwrap_or("sda").to_string(),
-        sector_size: options["sector_size"].as_u64(),
+    let indexed = match index::check_against_map(conn, &img)? {
+        index::Verdict::Matches(indexed) => indexed,
+        index::Verdict::Differs(why) => return Err(SparsifyError::Mismatch(why)),
     };
-    let indexed = index::index(&img, &index_opts, &indicatif::ProgressBar::hidden())?;
-    let recorded = meta(conn, "structure_sha256")?.unwrap_or_default();
-    if indexed.structure_hash != recorded {
-        return Err(SparsifyError::Mismatch(
-            "its partition tables or superblocks changed since it was indexed".into(),
-        ));
-    }
     let mut st = conn.prepare("SELECT device, features, state FROM filesystems")?;
     let filesystems = st
         .query_map([], |r| {
