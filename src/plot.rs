@@ -100,8 +100,10 @@ pub fn layout_svg(
 ) -> String {
     const CELL: f64 = 4.0;
     const MARGIN: f64 = 20.0;
+    // Bounded whatever the arguments: at most 2048 × 8192 cells.
     let columns = columns.clamp(16, 2048);
-    let cell = cell_size(image_size, u64::from(columns) * u64::from(max_rows.max(1)));
+    let max_rows = max_rows.clamp(1, 8192);
+    let cell = cell_size(image_size, u64::from(columns) * u64::from(max_rows));
     let n = image_size.div_ceil(cell);
     let rows = n.div_ceil(u64::from(columns));
     let mut kinds_of = vec![kinds::NONE; n as usize];

@@ -27,7 +27,7 @@ pub struct Args {
     /// Cells per row of the layout grid (16 to 2048).
     #[arg(long, default_value_t = 256)]
     pub columns: u32,
-    /// Rows of the layout grid at most (cells grow to fit).
+    /// Rows of the layout grid at most, 1 to 8192 (cells grow to fit).
     #[arg(long, default_value_t = 128)]
     pub rows: u32,
 }
