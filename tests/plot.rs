@@ -2,6 +2,9 @@
 //! (every kind of the layout, at a fine enough grid), partitions are
 //! labelled, and a trace's accesses are drawn in the kinds they touched.
 
+mod common;
+mod replay_common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,32 +15,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs a command that must succeed; its standard output.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sample_map(dir: &Path) -> PathBuf {
-    let img = dir.join("sample.img");
-    let out = Command::new("gzip")
-        .arg("-dc")
-        .arg(repo().join("sample-maps/sample.img.gz"))
-        .output()
-        .expect("gzip");
-    assert!(out.status.success());
-    std::fs::write(&img, out.stdout).unwrap();
-    let map = dir.join("sample.bmap");
-    run(Command::new(BMAP)
-        .arg("index")
-        .arg(&img)
-        .arg("-o")
-        .arg(&map));
-    map
+    replay_common::stdout(&common::run(cmd))
 }
 
 fn sql(map: &Path, q: &str) -> Vec<String> {
@@ -78,8 +58,8 @@ fn parse(svg: &str) -> (BTreeSet<String>, BTreeSet<String>, Vec<String>) {
 
 #[test]
 fn the_layout_svg_has_a_legend_entry_per_kind_and_labelled_partitions() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path());
+    let s = replay_common::sample();
+    let (dir, map) = (&s.dir, s.map.clone());
     let out = dir.path().join("layout.svg");
     run(Command::new(BMAP).arg("plot").arg(&map).arg("-o").arg(&out));
     let svg = std::fs::read_to_string(&out).unwrap();
@@ -109,8 +89,8 @@ fn the_layout_svg_has_a_legend_entry_per_kind_and_labelled_partitions() {
 
 #[test]
 fn the_access_plot_draws_the_trace_in_the_kinds_it_touched() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path());
+    let s = replay_common::sample();
+    let map = s.map.clone();
     let trace = repo().join("sample-maps/boot.nbdkit.log");
     let svg = run(Command::new(BMAP)
         .arg("plot")
@@ -133,8 +113,8 @@ fn the_access_plot_draws_the_trace_in_the_kinds_it_touched() {
 
 #[test]
 fn a_trace_with_nothing_to_plot_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path());
+    let s = replay_common::sample();
+    let (dir, map) = (&s.dir, s.map.clone());
     let trace = dir.path().join("empty.csv");
     std::fs::write(&trace, "time,op,offset,length\n0.5,flush,0,0\n").unwrap();
     let out = Command::new(BMAP)

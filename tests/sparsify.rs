@@ -4,6 +4,8 @@
 //! zeroes and are holes, e2fsck stays clean; and every refusal changes
 //! nothing.
 
+mod common;
+
 use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
@@ -13,14 +15,9 @@ use std::process::{Command, Stdio};
 const BMAP: &str = env!("CARGO_BIN_EXE_bmap");
 const PART_START: u64 = 1 << 20;
 
+/// Runs a command that must succeed; its standard output.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&common::run(cmd).stdout).into_owned()
 }
 
 fn fs_name(img: &Path) -> String {

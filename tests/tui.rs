@@ -3,6 +3,9 @@
 //! against an independent computation from the `layout` view, the replay's
 //! counters against `bmap replay --summary`, and the real binary in tmux.
 
+mod common;
+mod replay_common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use bmap_tui::{run_loop, ScriptedInput, Step};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
+use replay_common::{sample, Sample};
 
 const BMAP: &str = env!("CARGO_BIN_EXE_bmap");
 
@@ -20,57 +24,24 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs a command that must succeed; its standard output.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    replay_common::stdout(&common::run(cmd))
 }
 
-/// The shipped sample disk, indexed; with `trace`, the shipped boot trace
-/// stored in the map too.
-fn sample_map(dir: &Path, trace: bool) -> PathBuf {
-    let img = dir.join("sample.img");
-    let gz = std::fs::read(repo().join("sample-maps/sample.img.gz")).expect("sample image");
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate(&gz), &mut raw).expect("gunzip");
-    std::fs::write(&img, raw).expect("write image");
-    let map = dir.join("sample.bmap");
-    run(Command::new(BMAP)
-        .arg("index")
-        .arg(&img)
-        .arg("-o")
-        .arg(&map));
+/// The shipped sample disk, indexed (`replay_common::sample`); with
+/// `trace`, the shipped boot trace stored in the map too.
+fn sample_map(trace: bool) -> Sample {
+    let s = sample();
     if trace {
         run(Command::new(BMAP)
             .arg("replay")
             .arg(repo().join("sample-maps/boot.nbdkit.log"))
             .arg("--map")
-            .arg(&map)
-            .arg("--store")
-            .stdout(std::process::Stdio::null()));
+            .arg(&s.map)
+            .arg("--store"));
     }
-    map
-}
-
-/// gzip -dc, through the system's gzip (the sample is a .gz).
-fn flate(gz: &[u8]) -> std::io::Cursor<Vec<u8>> {
-    let mut child = Command::new("gzip")
-        .arg("-dc")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("gzip");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let data = gz.to_vec();
-    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &data));
-    let out = child.wait_with_output().expect("gzip output");
-    writer.join().expect("join").expect("write");
-    assert!(out.status.success());
-    std::io::Cursor::new(out.stdout)
+    s
 }
 
 fn opener(map: &Path) -> bmap_tui::Opener {
@@ -130,8 +101,8 @@ fn snapshot(name: &str, terminal: &Terminal<TestBackend>) {
 
 #[test]
 fn first_screen_at_80x24() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     let t = drive(&mut app, 80, 24, vec![]);
     snapshot("first_screen_80x24", &t);
@@ -142,8 +113,8 @@ fn first_screen_at_80x24() {
 
 #[test]
 fn zooming_in_and_moving_the_cursor_names_what_is_under_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     let cell0 = {
         drive(&mut app, 120, 40, vec![]);
@@ -162,8 +133,8 @@ fn zooming_in_and_moving_the_cursor_names_what_is_under_it() {
 
 #[test]
 fn the_status_line_names_the_objects_under_the_cursor_most_specific_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     let fstab: u64 = run(Command::new("sqlite3")
         .arg(&map)
@@ -190,8 +161,8 @@ fn the_status_line_names_the_objects_under_the_cursor_most_specific_first() {
 
 #[test]
 fn the_tree_opens_lazily_and_selecting_shows_details_and_extents() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     // Tree pane; /dev/sda1 is the first child of the disk; open it, then
     // its filesystem; select the kernel.
@@ -223,8 +194,8 @@ fn the_tree_opens_lazily_and_selecting_shows_details_and_extents() {
 
 #[test]
 fn search_lists_matches_and_enter_jumps_to_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     let mut steps = vec![key('/')];
     steps.extend(text("TOOL0"));
@@ -254,8 +225,8 @@ fn search_lists_matches_and_enter_jumps_to_the_file() {
 
 #[test]
 fn goto_takes_every_spelling_and_explains_mistakes() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     for spelling in ["16M", "0x1000000", "16777216", "32768s"] {
         let mut steps = vec![key('g')];
@@ -279,8 +250,8 @@ fn goto_takes_every_spelling_and_explains_mistakes() {
 
 #[test]
 fn help_opens_and_any_key_closes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     let t = drive(&mut app, 80, 24, vec![key('?')]);
     snapshot("help_80x24", &t);
@@ -291,8 +262,8 @@ fn help_opens_and_any_key_closes_it() {
 
 #[test]
 fn q_quits_and_resizing_keeps_the_cursor() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = app(&map);
     drive(&mut app, 80, 24, text("+++jjjjl"));
     let (byte, _) = app.cursor_range();
@@ -318,8 +289,8 @@ fn q_quits_and_resizing_keeps_the_cursor() {
 /// kind owning the most bytes of the cell (ties to the more specific).
 #[test]
 fn every_cell_shows_the_kind_owning_most_of_its_bytes_at_every_zoom() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let rows = run(Command::new("sqlite3")
         .arg(&map)
         .arg("SELECT start, end, kind FROM layout ORDER BY start"));
@@ -392,8 +363,8 @@ fn stored_trace_app(map: &Path) -> App {
 
 #[test]
 fn a_stored_trace_replays_step_by_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), true);
+    let s = sample_map(true);
+    let map = s.map.clone();
     let mut app = stored_trace_app(&map);
     let t = drive(&mut app, 120, 40, text(".........."));
     snapshot("replay_10_requests_120x40", &t);
@@ -433,8 +404,8 @@ fn a_stored_trace_replays_step_by_step() {
 /// replay --summary --json` on the same trace.
 #[test]
 fn replay_counters_agree_with_bmap_replay() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), true);
+    let s = sample_map(true);
+    let map = s.map.clone();
     let mut app = stored_trace_app(&map);
     drive(&mut app, 120, 40, vec![]);
     let n = app.replay.as_ref().unwrap().replay.len();
@@ -626,8 +597,8 @@ fn tui_command(map: &Path, extra: &str) -> String {
 
 #[test]
 fn in_tmux_search_jump_and_quit() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let (dir, map) = (&s.dir, s.map.clone());
     let t = Tmux::start(dir.path(), &tui_command(&map, ""));
     t.wait_for("Layout rows");
     t.wait_for("_ unpart");
@@ -651,8 +622,8 @@ fn in_tmux_search_jump_and_quit() {
 
 #[test]
 fn in_tmux_ctrl_c_and_sigterm_give_the_terminal_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let (dir, map) = (&s.dir, s.map.clone());
     {
         let t = Tmux::start(dir.path(), &tui_command(&map, ""));
         t.wait_for("Layout rows");
@@ -672,8 +643,8 @@ fn in_tmux_ctrl_c_and_sigterm_give_the_terminal_back() {
 /// up; it must exit, not linger reading a dead terminal.
 #[test]
 fn in_tmux_a_hangup_ends_the_tui() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let (dir, map) = (&s.dir, s.map.clone());
     let t = Tmux::start(dir.path(), &tui_command(&map, ""));
     t.wait_for("Layout rows");
     let pid = t.pid();
@@ -695,8 +666,8 @@ fn in_tmux_a_hangup_ends_the_tui() {
 
 #[test]
 fn in_tmux_a_trace_file_replays() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let (dir, map) = (&s.dir, s.map.clone());
     let trace = repo().join("sample-maps/boot.nbdkit.log");
     let t = Tmux::start(
         dir.path(),
@@ -714,8 +685,8 @@ fn in_tmux_a_trace_file_replays() {
 
 #[test]
 fn a_missing_trace_or_map_is_a_clear_error_before_the_screen_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let out = Command::new(BMAP)
         .args(["tui"])
         .arg(&map)
@@ -739,8 +710,8 @@ fn a_missing_trace_or_map_is_a_clear_error_before_the_screen_changes() {
 
 #[test]
 fn in_colour_each_kind_has_its_colour_and_the_glyphs_stay() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), false);
+    let s = sample_map(false);
+    let map = s.map.clone();
     let mut app = App::new(opener(&map), "sample.bmap".into(), TraceSource::None).unwrap();
     assert!(app.color, "colour is the default");
     let t = drive(&mut app, 80, 24, vec![]);
@@ -772,8 +743,8 @@ fn in_colour_each_kind_has_its_colour_and_the_glyphs_stay() {
 /// reads them, and they agree with the tables and views they restate.
 #[test]
 fn the_browse_views_agree_with_the_tables() {
-    let dir = tempfile::tempdir().unwrap();
-    let map = sample_map(dir.path(), true);
+    let s = sample_map(true);
+    let map = s.map.clone();
     let q = |sql: &str| run(Command::new("sqlite3").arg("-readonly").arg(&map).arg(sql));
     assert_eq!(
         q("SELECT sum(children) FROM object_tree"),
