@@ -2,151 +2,122 @@
 //! layout and its bytes are attributed to the most specific object, with
 //! the offset inside it.
 //!
-//! The map's layout and object table are loaded once into flat vectors, so
-//! attributing a request is a binary search and a short walk; everything
+//! The map's layout and object table are loaded once into flat vectors
+//! (from the map's packed copy when it has one, see [`packed`]), so
+//! attributing a request is a table lookup and a short walk; everything
 //! per request is streamed, and what the views keep grows with the number
 //! of objects touched, never with the length of the trace.
 
+pub mod objects;
+pub mod packed;
+
 use rusqlite::Connection;
 
+use self::objects::{cached_kind_at, usable_id};
+pub use self::objects::{ObjectInfo, ObjectTable};
 use crate::error::Result;
 use crate::map::Kind;
 use crate::trace::{Op, Request};
 
-/// What the replay needs to know about one object.
-#[derive(Debug, Clone, Default)]
-pub struct ObjectInfo {
-    pub kind: Kind,
-    /// Display name: `/dev/sda2 /etc/fstab`.
-    pub name: String,
-    pub device: Option<String>,
-    pub path: Option<String>,
-    pub partition: Option<u32>,
-    pub size: Option<u64>,
-}
-
-impl ObjectInfo {
-    /// The name without its device prefix or a leading repeat of its kind:
-    /// `/etc/fstab`, `group 3`.
-    pub fn label(&self) -> &str {
-        let mut label = self.name.as_str();
-        if let Some(d) = &self.device {
-            label = label.strip_prefix(d.as_str()).unwrap_or(label).trim_start();
-        }
-        // "GPT header" and "boot block" repeat the kind (gpt-header,
-        // boot-block): compare ignoring case and '-' against ' '.
-        let kind = self.kind.as_str().as_bytes();
-        let bytes = label.as_bytes();
-        let same = |a: u8, b: u8| a.eq_ignore_ascii_case(&b) || (a == b'-' && b == b' ');
-        if bytes.len() >= kind.len()
-            && kind.iter().zip(bytes).all(|(&k, &l)| same(k, l))
-            && bytes.get(kind.len()).is_none_or(|&c| c == b' ')
-        {
-            return label[kind.len()..].trim_start();
-        }
-        label
-    }
-
-    /// virt-bmap's one-letter code where it had one, else the kind.
-    pub fn code(&self) -> &'static str {
-        match self.kind {
-            Kind::Disk => "v",
-            Kind::Partition => "p",
-            Kind::Directory => "d",
-            Kind::File | Kind::Symlink => "f",
-            k => k.as_str(),
-        }
-    }
-}
-
 /// The layout of a map, ready for lookups.
 ///
 /// Attributing bytes needs only the layout and each object's kind; names
-/// and paths are needed only to print. So [`MapIndex::load_layout`] reads
-/// the former, and the object table (the larger part of a map) may be
-/// read by another thread meanwhile and handed over with
+/// and paths are needed only to print. Without a packed copy,
+/// [`MapIndex::load_layout`] reads the former, and the object table may
+/// be read by another thread meanwhile and handed over with
 /// [`MapIndex::objects_from`]; [`MapIndex::load`] reads everything at once.
 pub struct MapIndex {
     pub image_size: u64,
-    starts: Vec<u64>,
-    ends: Vec<u64>,
-    owners: Vec<u32>,
+    /// Sorted by start, disjoint (see [`Segment`]).
+    segments: Vec<Segment>,
+    /// `buckets[b]` is the first segment ending after byte `b << shift`:
+    /// a lookup is one read here and a search among the few segments of
+    /// one bucket, instead of a binary search over the whole layout, whose
+    /// every step would miss the cache.
+    buckets: Vec<u32>,
+    shift: u32,
     /// Indexed by `objects.id`; index 0 is unused.
     kinds: Vec<Kind>,
     /// Indexed by `objects.id` as `kinds` is, once loaded.
-    objects: std::sync::OnceLock<Vec<ObjectInfo>>,
+    objects: std::sync::OnceLock<ObjectTable>,
     /// Where the objects come from when they are not loaded yet.
     loader: std::sync::Mutex<Option<ObjectLoader>>,
 }
 
+/// One run of the layout, with its owner's kind beside it so that
+/// attributing a piece reads one cache line.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    start: u64,
+    end: u64,
+    owner: u32,
+    kind: Option<Kind>,
+}
+
 /// A thread reading the object table.
-pub type ObjectLoader = std::thread::JoinHandle<Result<Vec<ObjectInfo>>>;
+pub type ObjectLoader = std::thread::JoinHandle<Result<ObjectTable>>;
 
 /// A piece of a request that falls on one object (or past the image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
     /// `objects.id`, or `None` beyond the end of the image.
     pub object: Option<u32>,
+    /// The object's kind; `None` beyond the end, or for an id the map's
+    /// object table lacks.
+    pub kind: Option<Kind>,
     pub disk_offset: u64,
     pub length: u64,
 }
 
-/// Ids are dense (1, 2, 3…); a hand-edited map with a huge id must not
-/// make us allocate for it. Rows are read in id order, so the ids kept
-/// depend only on the ids before them: the kinds and the object table
-/// keep the same ones.
-fn usable_id(id: i64, len: usize) -> Option<usize> {
-    let id = usize::try_from(id).ok()?;
-    (id <= len + 1_000_000).then_some(id)
-}
-
-/// The kind in column `i`: text naming a kind, else `unknown`; not text
-/// at all is rusqlite's error for reading it as a `String`.
-fn kind_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Kind> {
-    if let rusqlite::types::ValueRef::Text(t) = r.get_ref(i)? {
-        if let Ok(s) = std::str::from_utf8(t) {
-            return Ok(Kind::parse(s).unwrap_or(Kind::Unknown));
-        }
-    }
-    Ok(Kind::parse(&r.get::<_, String>(i)?).unwrap_or(Kind::Unknown))
-}
-
-/// [`kind_at`], remembering the last text read and its kind in `last`.
-fn cached_kind_at(
-    r: &rusqlite::Row<'_>,
-    i: usize,
-    last: &mut (Vec<u8>, Kind),
-) -> rusqlite::Result<Kind> {
-    if let rusqlite::types::ValueRef::Text(t) = r.get_ref(i)? {
-        if t == last.0.as_slice() {
-            return Ok(last.1);
-        }
-    }
-    let k = kind_at(r, i)?;
-    if let rusqlite::types::ValueRef::Text(t) = r.get_ref(i)? {
-        *last = (t.to_vec(), k);
-    }
-    Ok(k)
+fn image_size(conn: &Connection) -> Result<u64> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = 'image_size'", [], |r| {
+            r.get::<_, String>(0)
+        })?
+        .parse()
+        .unwrap_or(0))
 }
 
 impl MapIndex {
-    /// Loads the layout and the object table.
+    /// Loads the layout and the object table: the packed copy if the map
+    /// has a usable one, else the tables.
     pub fn load(conn: &Connection) -> Result<MapIndex> {
+        if let Some(index) = Self::load_packed(conn)? {
+            return Ok(index);
+        }
         let objects = Self::load_objects(conn)?;
         let index = Self::load_layout(conn)?;
         let _ = index.objects.set(objects);
         Ok(index)
     }
 
-    /// Loads the layout and the kind of every object; the rest of the
-    /// object table comes from [`MapIndex::objects_from`].
+    /// Loads everything from the map's packed copy; `None` when it has no
+    /// usable one.
+    pub fn load_packed(conn: &Connection) -> Result<Option<MapIndex>> {
+        let image_size = image_size(conn)?;
+        let mut raw = Vec::new();
+        let Some(objects) = packed::load(conn, |s, e, o| raw.push((s, e, o)))? else {
+            return Ok(None);
+        };
+        let kinds = objects.kinds();
+        let segments = raw
+            .into_iter()
+            .map(|(start, end, owner)| Segment {
+                start,
+                end,
+                owner,
+                kind: kinds.get(owner as usize).copied(),
+            })
+            .collect();
+        let index = Self::from_parts(image_size, segments, kinds);
+        let _ = index.objects.set(objects);
+        Ok(Some(index))
+    }
+
+    /// Loads the layout and the kind of every object from the tables; the
+    /// rest of the object table comes from [`MapIndex::objects_from`].
     pub fn load_layout(conn: &Connection) -> Result<MapIndex> {
-        let image_size: u64 = conn
-            .query_row("SELECT value FROM meta WHERE key = 'image_size'", [], |r| {
-                r.get::<_, String>(0)
-            })?
-            .parse()
-            .unwrap_or(0);
+        let image_size = image_size(conn)?;
         let mut kinds: Vec<Kind> = Vec::new();
         let mut st = conn.prepare("SELECT id, kind FROM objects ORDER BY id")?;
         let mut rows = st.query([])?;
@@ -159,12 +130,9 @@ impl MapIndex {
             if kinds.len() <= id {
                 kinds.resize(id + 1, Kind::default());
             }
-            let kind = cached_kind_at(r, 1, &mut last)?;
-            kinds[id] = kind;
+            kinds[id] = cached_kind_at(r, 1, &mut last)?;
         }
-        let mut starts = Vec::new();
-        let mut ends = Vec::new();
-        let mut owners = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
         let mut st =
             conn.prepare("SELECT start, end, object FROM layout_segments ORDER BY start")?;
         let mut rows = st.query([])?;
@@ -174,67 +142,71 @@ impl MapIndex {
             else {
                 continue;
             };
-            if s < e && starts.last().is_none_or(|&prev| prev < s) {
-                starts.push(s);
-                ends.push(e);
-                owners.push(o);
+            if s >= e || segments.last().is_some_and(|prev| prev.start >= s) {
+                continue;
             }
+            // Overlaps only come from a hand-edited map: the later segment
+            // wins from its start on, so that ends stay sorted.
+            if let Some(prev) = segments.last_mut() {
+                prev.end = prev.end.min(s);
+            }
+            segments.push(Segment {
+                start: s,
+                end: e,
+                owner: o,
+                kind: kinds.get(o as usize).copied(),
+            });
         }
-        Ok(MapIndex {
+        Ok(Self::from_parts(image_size, segments, kinds))
+    }
+
+    fn from_parts(image_size: u64, segments: Vec<Segment>, kinds: Vec<Kind>) -> MapIndex {
+        // About one bucket per segment, at least 4 KiB each.
+        let per_segment = image_size / (segments.len() as u64).max(1);
+        let shift = (u64::BITS - per_segment.leading_zeros()).clamp(12, 63);
+        let count = usize::try_from(image_size.div_ceil(1 << shift)).unwrap_or(0);
+        let mut buckets = Vec::with_capacity(count);
+        let mut i = 0;
+        for b in 0..count as u64 {
+            let at = b << shift;
+            while i < segments.len() && segments[i].end <= at {
+                i += 1;
+            }
+            buckets.push(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        MapIndex {
             image_size,
-            starts,
-            ends,
-            owners,
+            segments,
+            buckets,
+            shift,
             kinds,
             objects: std::sync::OnceLock::new(),
             loader: std::sync::Mutex::new(None),
-        })
+        }
     }
 
-    /// Reads the object table: names, devices, paths, partitions, sizes,
-    /// indexed by `objects.id`.
-    pub fn load_objects(conn: &Connection) -> Result<Vec<ObjectInfo>> {
-        let mut objects: Vec<ObjectInfo> = Vec::new();
-        let mut st = conn.prepare(
-            "SELECT id, kind, name, device, path, partition, size FROM objects ORDER BY id",
-        )?;
-        let mut rows = st.query([])?;
-        // Most objects of a filesystem share its device name, and kinds
-        // repeat.
-        let mut device: Option<String> = None;
-        let mut last: (Vec<u8>, Kind) = (Vec::new(), Kind::Unknown);
-        while let Some(r) = rows.next()? {
-            let Some(id) = usable_id(r.get(0)?, objects.len()) else {
-                continue;
-            };
-            if objects.len() <= id {
-                objects.resize(id + 1, ObjectInfo::default());
-            }
-            let kind = cached_kind_at(r, 1, &mut last)?;
-            let name: String = r.get(2)?;
-            let dev = match r.get_ref(3)? {
-                rusqlite::types::ValueRef::Text(t)
-                    if device.as_deref().map(str::as_bytes) == Some(t) =>
-                {
-                    device.clone()
-                }
-                _ => {
-                    device = r.get(3)?;
-                    device.clone()
-                }
-            };
-            objects[id] = ObjectInfo {
-                kind,
-                name,
-                device: dev,
-                path: r.get(4)?,
-                partition: r.get(5)?,
-                size: r
-                    .get::<_, Option<i64>>(6)?
-                    .and_then(|s| u64::try_from(s).ok()),
-            };
-        }
-        Ok(objects)
+    /// The first segment ending after `pos`.
+    fn first_ending_after(&self, pos: u64) -> usize {
+        let segs = &self.segments;
+        let b = usize::try_from(pos >> self.shift).unwrap_or(usize::MAX);
+        let (lo, hi) = match self.buckets.get(b) {
+            // The segment holding the next bucket's first byte ends after
+            // `pos` too, so the answer is at most that one.
+            Some(&lo) => (
+                lo as usize,
+                self.buckets
+                    .get(b + 1)
+                    .map_or(segs.len(), |&h| (h as usize + 1).min(segs.len())),
+            ),
+            None => (0, segs.len()),
+        };
+        let lo = lo.min(hi);
+        lo + segs[lo..hi].partition_point(|s| s.end <= pos)
+    }
+
+    /// Reads the object table from the `objects` table.
+    pub fn load_objects(conn: &Connection) -> Result<ObjectTable> {
+        ObjectTable::load(conn)
     }
 
     /// Takes the object table from a thread reading it (see
@@ -247,7 +219,7 @@ impl MapIndex {
     }
 
     /// The object table, waiting for its loader if need be.
-    pub fn objects(&self) -> Result<&[ObjectInfo]> {
+    pub fn objects(&self) -> Result<&ObjectTable> {
         if let Some(o) = self.objects.get() {
             return Ok(o);
         }
@@ -261,12 +233,12 @@ impl MapIndex {
             let _ = self.objects.set(objects);
         }
         drop(loader);
-        Ok(self.objects.get_or_init(Vec::new))
+        Ok(self.objects.get_or_init(ObjectTable::default))
     }
 
     /// The object `id`, once the object table is loaded.
-    pub fn object(&self, id: u32) -> Option<&ObjectInfo> {
-        self.objects.get()?.get(id as usize)
+    pub fn object(&self, id: u32) -> Option<ObjectInfo<'_>> {
+        self.objects.get()?.get(id)
     }
 
     /// The kind of object `id`; `None` for an id the map does not have.
@@ -285,32 +257,33 @@ impl MapIndex {
     pub fn split(&self, offset: u64, length: u64, mut f: impl FnMut(Piece)) {
         let end = offset.saturating_add(length);
         let mut pos = offset;
-        let mut i = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
-        while pos < end && pos < self.image_size {
+        if pos < end && pos < self.image_size {
+            let mut i = self.first_ending_after(pos);
             // Segments tile the image; a gap (hand-edited map) is skipped.
-            while i < self.starts.len() && self.ends[i] <= pos {
+            while let Some(seg) = self.segments.get(i) {
+                if pos >= end || pos >= self.image_size {
+                    break;
+                }
+                if seg.start > pos {
+                    pos = seg.start.min(end);
+                    continue;
+                }
+                let piece_end = seg.end.min(end);
+                f(Piece {
+                    object: Some(seg.owner),
+                    kind: seg.kind,
+                    disk_offset: pos,
+                    length: piece_end - pos,
+                });
+                pos = piece_end;
                 i += 1;
             }
-            let Some(&start) = self.starts.get(i) else {
-                break;
-            };
-            if start > pos {
-                pos = start.min(end);
-                continue;
-            }
-            let piece_end = self.ends[i].min(end);
-            f(Piece {
-                object: Some(self.owners[i]),
-                disk_offset: pos,
-                length: piece_end - pos,
-            });
-            pos = piece_end;
-            i += 1;
         }
         let past = offset.max(self.image_size);
         if end > past {
             f(Piece {
                 object: None,
+                kind: None,
                 disk_offset: past,
                 length: end - past,
             });
@@ -362,46 +335,61 @@ pub fn kind_group(kind: Option<Kind>) -> usize {
 }
 
 /// Per-object numbers of the objects a trace touched, in first-access
-/// order. A dense slot table makes the per-piece update an array index.
+/// order. The numbers sit in a table indexed by object id, so updating
+/// them for a piece costs one memory access, not a lookup and then one.
 #[derive(Debug, Default)]
 pub struct Touched {
-    slot: Vec<u32>,
-    stats: Vec<(u32, ObjectStats)>,
+    /// Indexed by `objects.id`; `first_seq == 0` marks an object not yet
+    /// touched (sequence numbers start at 1).
+    by_id: Vec<ObjectStats>,
+    /// Owners the map's object table lacks (hand-edited maps): too sparse
+    /// to index by id.
+    unknown: std::collections::HashMap<u32, ObjectStats>,
+    order: Vec<u32>,
 }
 
 impl Touched {
     fn with_objects(n: usize) -> Self {
         Touched {
-            slot: vec![u32::MAX; n],
-            stats: Vec::new(),
+            by_id: vec![ObjectStats::default(); n],
+            ..Touched::default()
         }
     }
 
-    fn entry(&mut self, o: u32, init: impl FnOnce() -> ObjectStats) -> &mut ObjectStats {
-        let i = o as usize;
-        if i >= self.slot.len() {
-            self.slot.resize(i + 1, u32::MAX);
+    fn entry(&mut self, o: u32, seq: u64, time: Option<f64>) -> &mut ObjectStats {
+        let st = match self.by_id.get_mut(o as usize) {
+            Some(st) => st,
+            None => self.unknown.entry(o).or_default(),
+        };
+        if st.first_seq == 0 {
+            st.first_seq = seq;
+            st.first_time = time;
+            self.order.push(o);
         }
-        if self.slot[i] == u32::MAX {
-            self.slot[i] = u32::try_from(self.stats.len()).unwrap_or(u32::MAX - 1);
-            self.stats.push((o, init()));
-        }
-        let s = self.slot[i] as usize;
-        &mut self.stats[s].1
+        st
+    }
+
+    fn get(&self, o: u32) -> Option<&ObjectStats> {
+        self.by_id.get(o as usize).or_else(|| self.unknown.get(&o))
     }
 
     /// Objects in order of first access.
-    pub fn iter(&self) -> impl Iterator<Item = &(u32, ObjectStats)> {
-        self.stats.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &ObjectStats)> {
+        self.order.iter().filter_map(|&o| Some((o, self.get(o)?)))
     }
 }
 
 /// Byte ranges already read from one object, merged, to tell first reads
-/// from re-reads. Reads are mostly sequential, so appending is the common
-/// case.
+/// from re-reads. Most objects are read in one sequential sweep, so one
+/// range is kept inline and a list is made only for the others.
 #[derive(Debug, Default, Clone)]
 pub struct Coverage {
-    ranges: Vec<(u64, u64)>,
+    /// The only range, while there is one (empty when `start == end`).
+    one: (u64, u64),
+    /// Boxed: a pointer here, not a whole `Vec`, keeps every object's
+    /// numbers small for the common case of one range.
+    #[allow(clippy::box_collection)]
+    many: Option<Box<Vec<(u64, u64)>>>,
 }
 
 impl Coverage {
@@ -410,42 +398,65 @@ impl Coverage {
         if start >= end {
             return 0;
         }
-        if let Some(last) = self.ranges.last_mut() {
-            if start >= last.1 {
-                if start == last.1 {
-                    last.1 = end;
-                } else {
-                    self.ranges.push((start, end));
-                }
-                return end - start;
-            }
-        } else {
-            self.ranges.push((start, end));
+        if let Some(ranges) = &mut self.many {
+            return add_range(ranges, start, end);
+        }
+        let (s, e) = self.one;
+        if s == e {
+            self.one = (start, end);
             return end - start;
         }
-        // General case: merge with every overlapping or touching range.
-        let i = self.ranges.partition_point(|r| r.1 < start);
-        let mut j = i;
-        let mut new_start = start;
-        let mut new_end = end;
-        let mut covered = 0;
-        while j < self.ranges.len() && self.ranges[j].0 <= end {
-            let (s, e) = self.ranges[j];
-            covered += e.min(end).saturating_sub(s.max(start));
-            new_start = new_start.min(s);
-            new_end = new_end.max(e);
-            j += 1;
+        if start <= e && s <= end {
+            let covered = e.min(end).saturating_sub(s.max(start));
+            self.one = (s.min(start), e.max(end));
+            return (end - start) - covered;
         }
-        self.ranges.splice(i..j, [(new_start, new_end)]);
-        (end - start) - covered
+        let mut ranges = Box::new(vec![self.one]);
+        let new = add_range(&mut ranges, start, end);
+        self.many = Some(ranges);
+        new
     }
 
     pub fn bytes(&self) -> u64 {
-        self.ranges.iter().map(|(s, e)| e - s).sum()
+        match &self.many {
+            Some(ranges) => ranges.iter().map(|(s, e)| e - s).sum(),
+            None => self.one.1 - self.one.0,
+        }
     }
 }
 
-/// Per-object numbers for the summary.
+/// Adds `[start, end)` to sorted, merged `ranges`; returns how many of its
+/// bytes were new.
+fn add_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) -> u64 {
+    if let Some(last) = ranges.last_mut() {
+        if start >= last.1 {
+            if start == last.1 {
+                last.1 = end;
+            } else {
+                ranges.push((start, end));
+            }
+            return end - start;
+        }
+    }
+    // General case: merge with every overlapping or touching range.
+    let i = ranges.partition_point(|r| r.1 < start);
+    let mut j = i;
+    let mut new_start = start;
+    let mut new_end = end;
+    let mut covered = 0;
+    while j < ranges.len() && ranges[j].0 <= end {
+        let (s, e) = ranges[j];
+        covered += e.min(end).saturating_sub(s.max(start));
+        new_start = new_start.min(s);
+        new_end = new_end.max(e);
+        j += 1;
+    }
+    ranges.splice(i..j, [(new_start, new_end)]);
+    (end - start) - covered
+}
+
+/// Per-object numbers for the summary. Bytes read again are
+/// `bytes_read - coverage.bytes()`: the coverage is the union of reads.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectStats {
     pub first_seq: u64,
@@ -453,7 +464,6 @@ pub struct ObjectStats {
     pub requests: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
-    pub reread_bytes: u64,
     pub coverage: Coverage,
 }
 
@@ -462,15 +472,17 @@ mod tests {
     use super::*;
 
     fn index() -> MapIndex {
-        MapIndex {
-            image_size: 100,
-            starts: vec![0, 10, 40],
-            ends: vec![10, 40, 100],
-            owners: vec![1, 2, 3],
-            kinds: Vec::new(),
-            objects: std::sync::OnceLock::new(),
-            loader: std::sync::Mutex::new(None),
-        }
+        let seg = |start, end, owner| Segment {
+            start,
+            end,
+            owner,
+            kind: None,
+        };
+        MapIndex::from_parts(
+            100,
+            vec![seg(0, 10, 1), seg(10, 40, 2), seg(40, 100, 3)],
+            Vec::new(),
+        )
     }
 
     #[test]
@@ -504,26 +516,6 @@ mod tests {
         assert_eq!(c.add(25, 35), 5);
         assert_eq!(c.add(0, 50), 15);
         assert_eq!(c.bytes(), 50);
-    }
-
-    #[test]
-    fn labels() {
-        let o = ObjectInfo {
-            kind: Kind::InodeTable,
-            name: "/dev/sda2 inode-table group 3".into(),
-            device: Some("/dev/sda2".into()),
-            ..ObjectInfo::default()
-        };
-        assert_eq!(o.label(), "group 3");
-        assert_eq!(o.code(), "inode-table");
-        let f = ObjectInfo {
-            kind: Kind::File,
-            name: "/dev/sda2 /etc/fstab".into(),
-            device: Some("/dev/sda2".into()),
-            ..ObjectInfo::default()
-        };
-        assert_eq!(f.label(), "/etc/fstab");
-        assert_eq!(f.code(), "f");
     }
 }
 
@@ -626,13 +618,13 @@ pub fn run(
     use crate::trace::Event;
     let mut outcome = Outcome::default();
     let mut log = LogState::new(opts, out)?;
-    let mut touched = Touched::with_objects(index.object_count());
     let mut kind_bytes = [(0u64, 0u64); GROUPS.len()];
     let mut free_reads = FreeReads::default();
     let mut bad_lines = 0u64;
     let mut seq = 0u64;
     // The streaming log keeps nothing per object, so its memory stays flat.
     let keep_stats = opts.view != View::Log || trace_store.is_some();
+    let mut touched = Touched::with_objects(if keep_stats { index.object_count() } else { 0 });
     for event in events {
         let event = match event {
             Ok(e) => e,
@@ -711,7 +703,7 @@ pub fn run(
             if result.is_err() {
                 return;
             }
-            let kind = p.object.and_then(|o| index.kind(o));
+            let kind = p.kind;
             let entry = &mut kind_bytes[kind_group(kind)];
             if r.op == Op::Read {
                 entry.0 += p.length;
@@ -723,18 +715,13 @@ pub fn run(
             }
             let mut new_bytes = 0;
             if let (Some(o), true) = (p.object, keep_stats) {
-                let st = touched.entry(o, || ObjectStats {
-                    first_seq: seq,
-                    first_time: r.time,
-                    ..ObjectStats::default()
-                });
+                let st = touched.entry(o, seq, r.time);
                 if last_object != Some(o) {
                     st.requests += 1;
                 }
                 if r.op == Op::Read {
                     st.bytes_read += p.length;
                     new_bytes = st.coverage.add(p.disk_offset, p.disk_offset + p.length);
-                    st.reread_bytes += p.length - new_bytes;
                 } else {
                     st.bytes_written += p.length;
                 }
@@ -925,7 +912,7 @@ impl<'o> LogState<'o> {
             return Ok(());
         }
         let info = match p.object {
-            Some(o) => index.objects()?.get(o as usize),
+            Some(o) => index.objects()?.get(o),
             None => None,
         };
         self.last = Some((r.op, p.object));
@@ -942,7 +929,7 @@ impl<'o> LogState<'o> {
                 let out = self.plain();
                 match info {
                     Some(i) => {
-                        let dev = i.device.as_deref().unwrap_or("");
+                        let dev = i.device.unwrap_or("");
                         let label = i.label();
                         write!(out, "{op} {} {dev}", i.code())?;
                         if !label.is_empty() {
@@ -968,9 +955,9 @@ impl<'o> LogState<'o> {
                     "time": r.time,
                     "op": r.op.as_str(),
                     "kind": info.map_or("beyond-end", |i| i.kind.as_str()),
-                    "object": info.map(|i| i.name.as_str()),
+                    "object": info.map(|i| i.name),
                     "partition": info.and_then(|i| i.partition),
-                    "path": info.and_then(|i| i.path.as_deref()),
+                    "path": info.and_then(|i| i.path),
                     "disk_offset": p.disk_offset,
                     "length": p.length,
                     "object_offset": object_offset,
@@ -985,11 +972,12 @@ impl<'o> LogState<'o> {
                     r.time.map(|t| t.to_string()).unwrap_or_default(),
                     r.op.as_str().to_string(),
                     info.map_or("beyond-end", |i| i.kind.as_str()).to_string(),
-                    info.map(|i| i.name.clone()).unwrap_or_default(),
+                    info.map(|i| i.name.to_string()).unwrap_or_default(),
                     info.and_then(|i| i.partition)
                         .map(|n| n.to_string())
                         .unwrap_or_default(),
-                    info.and_then(|i| i.path.clone()).unwrap_or_default(),
+                    info.and_then(|i| i.path.map(str::to_string))
+                        .unwrap_or_default(),
                     p.disk_offset.to_string(),
                     p.length.to_string(),
                     object_offset.map(|o| o.to_string()).unwrap_or_default(),
@@ -1054,7 +1042,7 @@ fn file_rows<'a>(
     touched: &'a Touched,
 ) -> impl Iterator<Item = FileRow<'a>> + 'a {
     touched.iter().filter_map(move |(o, st)| {
-        let info = index.object(*o)?;
+        let info = index.object(o)?;
         if !info.kind.is_file_like() {
             return None;
         }
@@ -1063,9 +1051,9 @@ fn file_rows<'a>(
             first_seq: st.first_seq,
             first_time: st.first_time,
             kind: info.kind.as_str(),
-            device: info.device.as_deref(),
+            device: info.device,
             partition: info.partition,
-            path: info.path.as_deref().unwrap_or(info.name.as_str()),
+            path: info.path.unwrap_or(info.name),
             size: info.size,
             requests: st.requests,
             bytes_read: st.bytes_read,
@@ -1074,7 +1062,7 @@ fn file_rows<'a>(
                 .size
                 .filter(|&s| s > 0)
                 .map(|s| (unique.min(s) as f64) * 100.0 / s as f64),
-            reread_bytes: st.reread_bytes,
+            reread_bytes: st.bytes_read - unique,
             bytes_written: st.bytes_written,
         })
     })

@@ -35,37 +35,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => find_map()?,
     };
     let conn = store::open(&map_path, false)?;
-    // The map is read while the trace is opened and parsed: the layout
-    // and kinds on one thread, the names and paths (only needed to print)
-    // on another. --store writes to the map, so there everything is read
+    // The map is read while the trace is opened and parsed. Its packed copy
+    // loads in milliseconds; without one, the layout and kinds are read on
+    // one thread and the names and paths (only needed to print) on
+    // another. --store writes to the map, so there everything is read
     // first, by one connection, as before.
     let layout = {
         let eager = args.store;
+        let path = map_path.clone();
         std::thread::spawn(move || {
-            let index = if eager {
-                MapIndex::load(&conn)
-            } else {
-                MapIndex::load_layout(&conn)
+            let index = match MapIndex::load_packed(&conn) {
+                Ok(Some(index)) => Ok(index),
+                Ok(None) if eager => MapIndex::load(&conn),
+                Ok(None) => MapIndex::load_layout(&conn).map(|index| {
+                    index.objects_from(std::thread::spawn(move || {
+                        let conn = store::open(&path, false)?;
+                        MapIndex::load_objects(&conn)
+                    }))
+                }),
+                Err(e) => Err(e),
             };
             (conn, index)
         })
     };
-    let objects = (!args.store).then(|| {
-        let path = map_path.clone();
-        std::thread::spawn(move || {
-            let conn = store::open(&path, false)?;
-            MapIndex::load_objects(&conn)
-        })
-    });
     let prepared = prepare(&args);
     let (conn, index) = match layout.join() {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
     };
-    let mut index = index.with_context(|| format!("loading {}", map_path.display()))?;
-    if let Some(objects) = objects {
-        index = index.objects_from(objects);
-    }
+    let index = index.with_context(|| format!("loading {}", map_path.display()))?;
     // The process ends soon after the replay: freeing hundreds of
     // thousands of names one by one would only cost time.
     let index = std::mem::ManuallyDrop::new(index);

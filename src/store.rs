@@ -17,10 +17,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/002_traces.sql"),
     include_str!("../schema/003_views.sql"),
     include_str!("../schema/004_browse.sql"),
+    include_str!("../schema/005_packed.sql"),
 ];
 
 /// The schema version this bmap writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Migrations past this version add only derived data (the packed map),
+/// which readers do without: a map this new is read as it is, not copied
+/// into memory and migrated.
+const READS_AS_IS_FROM: u32 = 4;
 
 /// Brings a database up to [`SCHEMA_VERSION`], refusing newer ones.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
@@ -72,6 +78,9 @@ pub fn open(path: &Path, write: bool) -> Result<Connection> {
         )));
     }
     if version < SCHEMA_VERSION {
+        if !write && version >= READS_AS_IS_FROM {
+            return Ok(conn);
+        }
         if !write {
             // Reading an old map: migrate a private in-memory copy so the
             // user's file is not changed behind their back.
@@ -275,6 +284,7 @@ fn write_to(
             .iter()
             .map(|w| [opt_int(w.offset), text(&w.message)]),
     )?;
+    write_packed(&tx, map, layout)?;
     for sql in &indexes {
         tx.execute_batch(sql)?;
     }
@@ -286,22 +296,59 @@ fn write_to(
     Ok(())
 }
 
-/// Drops the indexes of `table` (of every table with `None`) and returns
-/// the SQL that recreates them. Filling an indexed table row by row costs
-/// several times more than building each index once after a bulk insert;
-/// inside a transaction, a failure brings them back.
+/// Writes the packed copy of the layout and the objects (see
+/// [`crate::replay::packed`]) from what was just inserted, with the values
+/// the tables hold: integers past SQLite's range are clamped as [`int`]
+/// clamps them, and a segment whose owner's id would not be read back is
+/// left out as the table reader leaves it out.
+fn write_packed(tx: &Connection, map: &MapBuilder, layout: &[Segment]) -> Result<()> {
+    use crate::replay::packed;
+    let segments = layout
+        .iter()
+        .filter_map(|s| {
+            let owner = u32::try_from(row_id(s.object)).ok()?;
+            Some((to_sql_u64(s.start) as u64, to_sql_u64(s.end) as u64, owner))
+        })
+        .filter(|(s, e, _)| s < e);
+    let objects = map.objects.iter().map(|o| packed::Object {
+        kind: o.kind(),
+        name: &o.name,
+        device: o.device.as_deref(),
+        path: o.path.as_deref(),
+        partition: o.partition,
+        size: o.size.map(|s| to_sql_u64(s) as u64),
+    });
+    // A layout the reader would have to repair is not packed: the tables
+    // alone are read, and they repair it.
+    let Some(p) = packed::encode(segments, objects) else {
+        return Ok(());
+    };
+    tx.execute(
+        "INSERT INTO packed_map(format, kinds, segments, objects, strings) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![packed::FORMAT, p.kinds, p.segments, p.objects, p.strings],
+    )?;
+    Ok(())
+}
+
+/// Drops the indexes and triggers of `table` (of every table with `None`)
+/// and returns the SQL that recreates them. Filling an indexed table row by
+/// row costs several times more than building each index once after a
+/// bulk insert, and a trigger would run once per row; inside a
+/// transaction, a failure brings them back.
 fn set_aside_indexes(conn: &Connection, table: Option<&str>) -> Result<Vec<String>> {
-    let indexes: Vec<(String, String)> = conn
+    let found: Vec<(String, String, String)> = conn
         .prepare(
-            "SELECT name, sql FROM sqlite_master
-             WHERE type = 'index' AND sql IS NOT NULL AND (?1 IS NULL OR tbl_name = ?1)",
+            "SELECT type, name, sql FROM sqlite_master
+             WHERE type IN ('index', 'trigger') AND sql IS NOT NULL
+               AND (?1 IS NULL OR tbl_name = ?1)",
         )?
-        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (name, _) in &indexes {
-        conn.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+    for (kind, name, _) in &found {
+        let kind = if kind == "index" { "INDEX" } else { "TRIGGER" };
+        conn.execute_batch(&format!("DROP {kind} \"{}\"", name.replace('"', "\"\"")))?;
     }
-    Ok(indexes.into_iter().map(|(_, sql)| sql).collect())
+    Ok(found.into_iter().map(|(_, _, sql)| sql).collect())
 }
 
 /// Rows per INSERT statement. One statement per row spends most of its

@@ -1369,7 +1369,11 @@ fn old_maps_are_migrated_in_memory_and_new_ones_refused() {
     std::fs::copy(&s0.map, &old).unwrap();
     let out = sqlite3(
         &old,
-        "DROP VIEW trace_pieces; DROP VIEW object_extents; DROP VIEW layout_objects; \
+        "DROP TABLE packed_map; DROP TRIGGER packed_map_objects_insert; \
+         DROP TRIGGER packed_map_objects_update; DROP TRIGGER packed_map_objects_delete; \
+         DROP TRIGGER packed_map_layout_insert; DROP TRIGGER packed_map_layout_update; \
+         DROP TRIGGER packed_map_layout_delete; \
+         DROP VIEW trace_pieces; DROP VIEW object_extents; DROP VIEW layout_objects; \
          DROP VIEW object_tree; \
          DROP VIEW boot_files; DROP VIEW metadata; DROP VIEW free_space; \
          DROP VIEW fragmentation; DROP VIEW files; PRAGMA user_version=2",

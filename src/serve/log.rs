@@ -82,7 +82,7 @@ impl LiveLog {
                     buf.push(b' ');
                     buf.extend_from_slice(i.code().as_bytes());
                     buf.push(b' ');
-                    buf.extend_from_slice(i.device.as_deref().unwrap_or("").as_bytes());
+                    buf.extend_from_slice(i.device.unwrap_or("").as_bytes());
                     let label = i.label();
                     if !label.is_empty() {
                         buf.push(b' ');
