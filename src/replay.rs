@@ -369,6 +369,11 @@ impl Touched {
         st
     }
 
+    /// Requests so far on object `o` (0 for one not touched).
+    fn requests_of(&self, o: u32) -> u64 {
+        self.by_id.get(o as usize).map_or(0, |s| s.requests)
+    }
+
     fn get(&self, o: u32) -> Option<&ObjectStats> {
         self.by_id.get(o as usize).or_else(|| self.unknown.get(&o))
     }
@@ -625,119 +630,128 @@ pub fn run(
     // The streaming log keeps nothing per object, so its memory stays flat.
     let keep_stats = opts.view != View::Log || trace_store.is_some();
     let mut touched = Touched::with_objects(if keep_stats { index.object_count() } else { 0 });
-    for event in events {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) if e.is_fatal() => return Err(e.into()),
-            Err(e) => {
-                bad_lines += 1;
-                outcome.warnings.push(e.to_string());
-                if bad_lines > MAX_BAD_LINES {
-                    return Err(ReplayError::TooManyBadLines(MAX_BAD_LINES));
+    let mut events = events;
+    let mut batch = Vec::with_capacity(WARM_AHEAD);
+    loop {
+        batch.extend(events.by_ref().take(WARM_AHEAD));
+        if batch.is_empty() {
+            break;
+        }
+        warm(index, &touched, &batch);
+        for event in batch.drain(..) {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) if e.is_fatal() => return Err(e.into()),
+                Err(e) => {
+                    bad_lines += 1;
+                    outcome.warnings.push(e.to_string());
+                    if bad_lines > MAX_BAD_LINES {
+                        return Err(ReplayError::TooManyBadLines(MAX_BAD_LINES));
+                    }
+                    continue;
                 }
+            };
+            let r = match event {
+                Event::Request(r) => r,
+                Event::DiskSize { line, size } => {
+                    if size != index.image_size {
+                        outcome.warnings.push(format!(
+                            "line {line}: the traced disk has {size} bytes but the map's image has {}; is this the right map?",
+                            index.image_size
+                        ));
+                    }
+                    continue;
+                }
+                Event::Warning { line, message } => {
+                    outcome.warnings.push(format!("line {line}: {message}"));
+                    continue;
+                }
+            };
+            seq += 1;
+            // SQLite integers are signed: a request reaching past 2^63 cannot
+            // be stored faithfully (it is past any real image anyway).
+            let storable = i64::try_from(r.offset.saturating_add(r.length)).is_ok();
+            if trace_store.is_some() && !storable {
+                outcome.warnings.push(format!(
+                    "line {}: offset 0x{:x}+{} does not fit a signed 64-bit integer; not stored",
+                    r.line, r.offset, r.length
+                ));
+            }
+            let mut store = trace_store.as_deref_mut().filter(|_| storable);
+            let t = &mut outcome.totals;
+            t.requests += 1;
+            if r.time.is_some() {
+                t.first_time = t.first_time.or(r.time);
+                t.last_time = r.time;
+            }
+            if let Some(err) = &r.failed {
+                t.failed += 1;
+                if let Some(s) = store.as_mut() {
+                    s.request(seq, r.time, r.op.as_str(), r.offset, r.length, Some(err))?;
+                }
+                log.failed(seq, &r, err)?;
                 continue;
             }
-        };
-        let r = match event {
-            Event::Request(r) => r,
-            Event::DiskSize { line, size } => {
-                if size != index.image_size {
-                    outcome.warnings.push(format!(
-                        "line {line}: the traced disk has {size} bytes but the map's image has {}; is this the right map?",
-                        index.image_size
-                    ));
+            match r.op {
+                Op::Read => {
+                    t.reads += 1;
+                    t.bytes_read += r.length;
                 }
-                continue;
-            }
-            Event::Warning { line, message } => {
-                outcome.warnings.push(format!("line {line}: {message}"));
-                continue;
-            }
-        };
-        seq += 1;
-        // SQLite integers are signed: a request reaching past 2^63 cannot
-        // be stored faithfully (it is past any real image anyway).
-        let storable = i64::try_from(r.offset.saturating_add(r.length)).is_ok();
-        if trace_store.is_some() && !storable {
-            outcome.warnings.push(format!(
-                "line {}: offset 0x{:x}+{} does not fit a signed 64-bit integer; not stored",
-                r.line, r.offset, r.length
-            ));
-        }
-        let mut store = trace_store.as_deref_mut().filter(|_| storable);
-        let t = &mut outcome.totals;
-        t.requests += 1;
-        if r.time.is_some() {
-            t.first_time = t.first_time.or(r.time);
-            t.last_time = r.time;
-        }
-        if let Some(err) = &r.failed {
-            t.failed += 1;
-            if let Some(s) = store.as_mut() {
-                s.request(seq, r.time, r.op.as_str(), r.offset, r.length, Some(err))?;
-            }
-            log.failed(seq, &r, err)?;
-            continue;
-        }
-        match r.op {
-            Op::Read => {
-                t.reads += 1;
-                t.bytes_read += r.length;
-            }
-            Op::Write | Op::Zero | Op::Trim => {
-                t.writes += 1;
-                t.bytes_written += r.length;
-            }
-            _ => t.other += 1,
-        }
-        if let Some(s) = store.as_mut() {
-            s.request(seq, r.time, r.op.as_str(), r.offset, r.length, None)?;
-        }
-        let moves_data = matches!(r.op, Op::Read | Op::Write | Op::Zero | Op::Trim);
-        if !moves_data {
-            continue;
-        }
-        let mut result: Result<(), ReplayError> = Ok(());
-        let mut last_object = None;
-        index.split(r.offset, r.length, |p| {
-            if result.is_err() {
-                return;
-            }
-            let kind = p.kind;
-            let entry = &mut kind_bytes[kind_group(kind)];
-            if r.op == Op::Read {
-                entry.0 += p.length;
-            } else {
-                entry.1 += p.length;
-            }
-            if r.op == Op::Read && kind == Some(Kind::Free) {
-                free_reads.add(seq, p.disk_offset, p.length);
-            }
-            let mut new_bytes = 0;
-            if let (Some(o), true) = (p.object, keep_stats) {
-                let st = touched.entry(o, seq, r.time);
-                if last_object != Some(o) {
-                    st.requests += 1;
+                Op::Write | Op::Zero | Op::Trim => {
+                    t.writes += 1;
+                    t.bytes_written += r.length;
                 }
-                if r.op == Op::Read {
-                    st.bytes_read += p.length;
-                    new_bytes = st.coverage.add(p.disk_offset, p.disk_offset + p.length);
-                } else {
-                    st.bytes_written += p.length;
-                }
-                last_object = Some(o);
+                _ => t.other += 1,
             }
             if let Some(s) = store.as_mut() {
-                if let Err(e) = s.piece(seq, p.object, p.length, new_bytes) {
-                    result = Err(e.into());
+                s.request(seq, r.time, r.op.as_str(), r.offset, r.length, None)?;
+            }
+            let moves_data = matches!(r.op, Op::Read | Op::Write | Op::Zero | Op::Trim);
+            if !moves_data {
+                continue;
+            }
+            let mut result: Result<(), ReplayError> = Ok(());
+            let mut last_object = None;
+            index.split(r.offset, r.length, |p| {
+                if result.is_err() {
                     return;
                 }
-            }
-            if let Err(e) = log.piece(index, seq, &r, &p) {
-                result = Err(e);
-            }
-        });
-        result?;
+                let kind = p.kind;
+                let entry = &mut kind_bytes[kind_group(kind)];
+                if r.op == Op::Read {
+                    entry.0 += p.length;
+                } else {
+                    entry.1 += p.length;
+                }
+                if r.op == Op::Read && kind == Some(Kind::Free) {
+                    free_reads.add(seq, p.disk_offset, p.length);
+                }
+                let mut new_bytes = 0;
+                if let (Some(o), true) = (p.object, keep_stats) {
+                    let st = touched.entry(o, seq, r.time);
+                    if last_object != Some(o) {
+                        st.requests += 1;
+                    }
+                    if r.op == Op::Read {
+                        st.bytes_read += p.length;
+                        new_bytes = st.coverage.add(p.disk_offset, p.disk_offset + p.length);
+                    } else {
+                        st.bytes_written += p.length;
+                    }
+                    last_object = Some(o);
+                }
+                if let Some(s) = store.as_mut() {
+                    if let Err(e) = s.piece(seq, p.object, p.length, new_bytes) {
+                        result = Err(e.into());
+                        return;
+                    }
+                }
+                if let Err(e) = log.piece(index, seq, &r, &p) {
+                    result = Err(e);
+                }
+            });
+            result?;
+        }
     }
     log.finish()?;
     let out = log.into_out()?;
@@ -758,6 +772,34 @@ pub fn run(
         View::BootList => write_boot_list(index, opts, out, &touched)?,
     }
     Ok(outcome)
+}
+
+/// Requests looked at ahead of their turn by [`warm`].
+const WARM_AHEAD: usize = 32;
+
+/// Reads the memory the next requests will need (the layout segment of
+/// each one's first byte, and the numbers of its owner) in a loop whose
+/// iterations do not wait for each other, so that the CPU fetches them
+/// all at once; request by request, every one of them is a cache miss
+/// waited for in turn.
+fn warm(
+    index: &MapIndex,
+    touched: &Touched,
+    batch: &[Result<crate::trace::Event, crate::trace::TraceError>],
+) {
+    let mut owners = [0u32; WARM_AHEAD];
+    for (e, owner) in batch.iter().zip(&mut owners) {
+        if let Ok(crate::trace::Event::Request(r)) = e {
+            if let Some(seg) = index.segments.get(index.first_ending_after(r.offset)) {
+                *owner = seg.owner;
+            }
+        }
+    }
+    let mut sum = 0u64;
+    for &o in &owners[..batch.len().min(WARM_AHEAD)] {
+        sum = sum.wrapping_add(touched.requests_of(o));
+    }
+    std::hint::black_box(sum);
 }
 
 /// Reads that landed on free space: usually stale data a tool scanned, or
@@ -1041,7 +1083,17 @@ fn file_rows<'a>(
     index: &'a MapIndex,
     touched: &'a Touched,
 ) -> impl Iterator<Item = FileRow<'a>> + 'a {
-    touched.iter().filter_map(move |(o, st)| {
+    file_rows_of(index, touched, &touched.order)
+}
+
+/// [`file_rows`] of the objects `ids`, in that order.
+fn file_rows_of<'a>(
+    index: &'a MapIndex,
+    touched: &'a Touched,
+    ids: &'a [u32],
+) -> impl Iterator<Item = FileRow<'a>> + 'a {
+    ids.iter().filter_map(move |&o| {
+        let st = touched.get(o)?;
         let info = index.object(o)?;
         if !info.kind.is_file_like() {
             return None;
@@ -1078,7 +1130,7 @@ fn write_summary(
     kind_bytes: &[(u64, u64); GROUPS.len()],
     free_reads: &FreeReads,
 ) -> Result<(), ReplayError> {
-    use crate::units::{human, push_fixed, push_human, push_u64};
+    use crate::units::human;
     let t = &outcome.totals;
     match opts.output {
         OutputFormat::Json => {
@@ -1140,56 +1192,31 @@ fn write_summary(
                 "  {:>8} {:>12} {:>8} {:>10} {:>7} {:>10}  path",
                 "seq", "time", "requests", "read", "%read", "re-read"
             )?;
-            // One reused buffer per column: this runs once per file.
-            let mut line = String::with_capacity(256);
-            let mut cell = String::with_capacity(32);
-            let mut num = String::with_capacity(32);
-            for row in file_rows(index, touched) {
-                line.clear();
-                line.push_str("  ");
-                // Seconds since the first request read better than the
-                // trace's own clock (often seconds since 1970).
-                cell.clear();
-                match row.first_time {
-                    Some(t) => {
-                        cell.push('+');
-                        push_fixed(&mut cell, t - first_time.unwrap_or(t).min(t), 6);
-                    }
-                    None => cell.push('-'),
+            // Each file's line takes a few cache misses (its numbers, its
+            // row, its name, all at random places): the lines are made by
+            // as many threads as there are cores, a block at a time, and
+            // written in order.
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            for block in touched.order.chunks(1 << 15) {
+                let parts: Vec<&[u32]> = block.chunks(block.len().div_ceil(threads)).collect();
+                let texts: Vec<String> = if parts.len() > 1 && block.len() >= 4096 {
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = parts[1..]
+                            .iter()
+                            .map(|ids| scope.spawn(|| file_lines(index, touched, ids, first_time)))
+                            .collect();
+                        let mut texts = vec![file_lines(index, touched, parts[0], first_time)];
+                        for h in handles {
+                            texts.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                        }
+                        texts
+                    })
+                } else {
+                    vec![file_lines(index, touched, block, first_time)]
+                };
+                for t in texts {
+                    out.write_all(t.as_bytes())?;
                 }
-                num.clear();
-                push_u64(&mut num, row.first_seq);
-                push_right(&mut line, &num, 8);
-                line.push(' ');
-                push_right(&mut line, &cell, 12);
-                line.push(' ');
-                num.clear();
-                push_u64(&mut num, row.requests);
-                push_right(&mut line, &num, 8);
-                line.push(' ');
-                cell.clear();
-                push_human(&mut cell, row.bytes_read);
-                push_right(&mut line, &cell, 10);
-                line.push(' ');
-                cell.clear();
-                match row.percent_read {
-                    Some(p) => push_fixed(&mut cell, p, 1),
-                    None => cell.push('-'),
-                }
-                push_right(&mut line, &cell, 7);
-                line.push(' ');
-                cell.clear();
-                push_human(&mut cell, row.reread_bytes);
-                push_right(&mut line, &cell, 10);
-                line.push_str("  ");
-                line.push_str(row.device.unwrap_or(""));
-                line.push(' ');
-                line.push_str(row.path);
-                if row.kind == "directory" {
-                    line.push('/');
-                }
-                line.push('\n');
-                out.write_all(line.as_bytes())?;
             }
             writeln!(out, "\nbytes by kind:")?;
             writeln!(out, "  {:<34} {:>12} {:>12}", "kind", "read", "written")?;
@@ -1222,6 +1249,72 @@ fn push_right(out: &mut String, s: &str, width: usize) {
         out.push(' ');
     }
     out.push_str(s);
+}
+
+/// The summary's lines for the files among `ids`.
+fn file_lines(index: &MapIndex, touched: &Touched, ids: &[u32], first_time: Option<f64>) -> String {
+    use crate::units::{push_fixed, push_human, push_u64};
+    let mut text = String::with_capacity(ids.len() * 100);
+    // One reused buffer per column: this runs once per file.
+    let mut cell = String::with_capacity(32);
+    let mut num = String::with_capacity(32);
+    for group in ids.chunks(WARM_AHEAD) {
+        // As in `warm`: fetch the group's numbers and rows at once.
+        let mut sum = 0u64;
+        for &o in group {
+            sum = sum.wrapping_add(touched.requests_of(o));
+            if let Some(objects) = index.objects.get() {
+                sum = sum.wrapping_add(objects.touch(o));
+            }
+        }
+        std::hint::black_box(sum);
+        for row in file_rows_of(index, touched, group) {
+            text.push_str("  ");
+            // Seconds since the first request read better than the
+            // trace's own clock (often seconds since 1970).
+            cell.clear();
+            match row.first_time {
+                Some(t) => {
+                    cell.push('+');
+                    push_fixed(&mut cell, t - first_time.unwrap_or(t).min(t), 6);
+                }
+                None => cell.push('-'),
+            }
+            num.clear();
+            push_u64(&mut num, row.first_seq);
+            push_right(&mut text, &num, 8);
+            text.push(' ');
+            push_right(&mut text, &cell, 12);
+            text.push(' ');
+            num.clear();
+            push_u64(&mut num, row.requests);
+            push_right(&mut text, &num, 8);
+            text.push(' ');
+            cell.clear();
+            push_human(&mut cell, row.bytes_read);
+            push_right(&mut text, &cell, 10);
+            text.push(' ');
+            cell.clear();
+            match row.percent_read {
+                Some(p) => push_fixed(&mut cell, p, 1),
+                None => cell.push('-'),
+            }
+            push_right(&mut text, &cell, 7);
+            text.push(' ');
+            cell.clear();
+            push_human(&mut cell, row.reread_bytes);
+            push_right(&mut text, &cell, 10);
+            text.push_str("  ");
+            text.push_str(row.device.unwrap_or(""));
+            text.push(' ');
+            text.push_str(row.path);
+            if row.kind == "directory" {
+                text.push('/');
+            }
+            text.push('\n');
+        }
+    }
+    text
 }
 
 fn write_boot_list(

@@ -218,6 +218,20 @@ impl ObjectTable {
         })
     }
 
+    /// Reads object `id`'s row and the first byte of its name, so that
+    /// they are in the cache when asked for; the value means nothing.
+    pub(crate) fn touch(&self, id: u32) -> u64 {
+        self.rows.get(id as usize).map_or(0, |r| {
+            u64::from(
+                self.strings
+                    .as_bytes()
+                    .get(r.name.start)
+                    .copied()
+                    .unwrap_or(0),
+            )
+        })
+    }
+
     /// One more than the largest object id.
     pub fn len(&self) -> usize {
         self.rows.len()
