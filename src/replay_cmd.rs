@@ -72,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         format,
         popts,
         stdin,
+        file,
     } = prepared?;
     let trace_name = args.name.clone().unwrap_or_else(|| {
         args.trace
@@ -109,8 +110,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         input
     };
-    let reader = BufReader::with_capacity(1 << 20, input);
-    let events = parse_in_background(format, reader, popts);
+    let events = match file {
+        Some(file) if format == Format::Nbdkit && trace_store.is_none() => {
+            parse_in_parallel(file, args.view == View::Log)
+                .with_context(|| format!("reading {}", args.trace.display()))?
+        }
+        _ => parse_in_background(format, BufReader::with_capacity(1 << 20, input), popts),
+    };
     let opts = ReplayOptions {
         view: args.view,
         output: args.output,
@@ -173,18 +179,25 @@ struct Prepared {
     format: Format,
     popts: ParseOptions,
     stdin: bool,
+    /// The trace again, if it is a regular file: it can then be read at
+    /// any offset, by several threads.
+    file: Option<std::fs::File>,
 }
 
 /// Opens the trace and settles its format.
 fn prepare(args: &Args) -> anyhow::Result<Prepared> {
     let stdin = args.trace.as_os_str() == "-";
+    let mut file = None;
     let mut input: Box<dyn Read + Send> = if stdin {
         Box::new(std::io::stdin())
     } else {
-        Box::new(
-            std::fs::File::open(&args.trace)
-                .with_context(|| format!("opening {}", args.trace.display()))?,
-        )
+        let f = std::fs::File::open(&args.trace)
+            .with_context(|| format!("opening {}", args.trace.display()))?;
+        // A pipe or a device is read in order, as standard input is.
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            file = f.try_clone().ok();
+        }
+        Box::new(f)
     };
     let mut head = Vec::with_capacity(SNIFF_BYTES);
     input
@@ -204,6 +217,7 @@ fn prepare(args: &Args) -> anyhow::Result<Prepared> {
         format,
         popts,
         stdin,
+        file,
     })
 }
 
@@ -224,12 +238,20 @@ fn parse_in_background<R: std::io::BufRead + Send + 'static>(
     reader: R,
     popts: ParseOptions,
 ) -> trace::Events<'static> {
+    in_background(move || trace::events(format, reader, &popts))
+}
+
+/// Runs the parser `make` makes on a thread of its own, handing its events
+/// over in batches.
+fn in_background(
+    make: impl FnOnce() -> trace::Events<'static> + Send + 'static,
+) -> trace::Events<'static> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<VecDeque<Item>>(BATCHES_AHEAD);
     let (back_tx, back_rx) = std::sync::mpsc::channel::<VecDeque<Item>>();
     // The thread ends when the trace does, or when the replay stops
     // listening (an error, a closed pipe): then its send fails.
     let mut parser = Some(std::thread::spawn(move || {
-        let mut events = trace::events(format, reader, &popts);
+        let mut events = make();
         loop {
             let mut batch = back_rx
                 .try_recv()
@@ -258,6 +280,33 @@ fn parse_in_background<R: std::io::BufRead + Send + 'static>(
             let _ = back_tx.send(done);
         }
     }))
+}
+
+/// Worker threads of the parallel parse: the machine this was measured on
+/// has two cores, and pairing and replay keep another thread busy.
+const PARSE_WORKERS: usize = 2;
+
+/// Parses an nbdkit trace file on [`PARSE_WORKERS`] threads, chunk by
+/// chunk. Requests are paired with their completions on the caller's
+/// thread as it takes events in, or, if `pair_apart`, on a thread of their
+/// own: that costs more in all, but is quicker when the caller has much
+/// else to do per request (writing the log view); measured on the 1M
+/// request benchmark, each way wins where it is used.
+fn parse_in_parallel(
+    file: std::fs::File,
+    pair_apart: bool,
+) -> std::io::Result<trace::Events<'static>> {
+    let file = std::sync::Arc::new(file);
+    if pair_apart {
+        return Ok(in_background(move || {
+            match trace::nbdkit::parallel(file, trace::nbdkit::CHUNK, PARSE_WORKERS) {
+                Ok(p) => Box::new(p),
+                Err(e) => Box::new(std::iter::once(Err(trace::TraceError::Io(e)))),
+            }
+        }));
+    }
+    let parser = trace::nbdkit::parallel(file, trace::nbdkit::CHUNK, PARSE_WORKERS)?;
+    Ok(Box::new(parser))
 }
 
 /// The only `*.bmap` in the current directory.

@@ -236,6 +236,190 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
+/// Where the parallel parser reads a trace: at any offset, from any
+/// thread. A regular file, or bytes in memory.
+pub trait ReadAt: Send + Sync {
+    /// As [`std::os::unix::fs::FileExt::read_at`]: 0 at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset).map_or(self.len(), |o| o.min(self.len()));
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Bytes read past a chunk's end, for its last line: most lines are under
+/// 300 bytes, so one read mostly does.
+const SLACK: usize = 1024;
+
+/// Bytes read at a time past a chunk's end, for a line that runs on.
+/// (The chunk itself is read at once: fewer, larger reads cost less than
+/// parsing each piece while the cache holds it saves.)
+const STEP: usize = 64 << 10;
+
+/// The bytes of one chunk, and of the line that may run past its end.
+/// The buffer is kept from chunk to chunk, so it is allocated (and zeroed)
+/// once; it never holds more than a chunk, [`MAX_LINE`] and [`SLACK`].
+#[derive(Default)]
+pub(crate) struct Window {
+    buf: Vec<u8>,
+    /// Bytes of `buf` read, from `base` in the source.
+    filled: usize,
+    base: u64,
+    eof: bool,
+}
+
+impl Window {
+    fn reset(&mut self, base: u64) {
+        self.filled = 0;
+        self.base = base;
+        self.eof = false;
+    }
+
+    /// Reads on until `want` bytes are held or the source ends.
+    fn fill<S: ReadAt + ?Sized>(&mut self, src: &S, want: usize) -> io::Result<()> {
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        while self.filled < want && !self.eof {
+            let Some(at) = self.base.checked_add(self.filled as u64) else {
+                self.eof = true;
+                break;
+            };
+            match src.read_at(&mut self.buf[self.filled..want], at) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.filled += n.min(want - self.filled),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads [`STEP`] more, or up to `limit`.
+    fn grow<S: ReadAt + ?Sized>(&mut self, src: &S, limit: usize) -> io::Result<()> {
+        let want = self.filled.saturating_add(STEP).min(limit);
+        self.fill(src, want.max(self.filled + 1))
+    }
+
+    /// The first newline in `buf[from..upto]`, reading on as needed.
+    fn find_newline<S: ReadAt + ?Sized>(
+        &mut self,
+        src: &S,
+        from: usize,
+        upto: usize,
+    ) -> io::Result<Option<usize>> {
+        let mut searched = from;
+        loop {
+            let held = self.filled.min(upto);
+            if searched < held {
+                if let Some(i) = memchr(b'\n', &self.buf[searched..held]) {
+                    return Ok(Some(searched + i));
+                }
+                searched = held;
+            }
+            if held == upto || self.eof {
+                return Ok(None);
+            }
+            self.grow(src, upto)?;
+        }
+    }
+}
+
+/// How a chunk ended.
+pub(crate) struct ChunkEnd {
+    /// Lines that began in it.
+    pub lines: u64,
+    /// The source ends within it: later chunks hold nothing.
+    pub last: bool,
+}
+
+/// Splits chunk `k` (bytes `k * size` to `(k + 1) * size` of `src`) into
+/// lines, calling `f(n, line)` for each line that begins in it, `n`
+/// counting from 1 in the chunk, until `f` returns false. A line belongs to the chunk that holds its
+/// first byte, and is read whole even past the chunk's end; so chunk after
+/// chunk yields exactly the lines [`LineReader`] yields from the start,
+/// `None` standing for a line longer than [`MAX_LINE`] (its error), whose
+/// rest is skipped. Only the chunk, [`MAX_LINE`] and a little more are held
+/// whatever the line lengths: a too-long line is never read whole, and the
+/// chunks it spans find no line of their own with one scan each.
+pub(crate) fn chunk_lines<S: ReadAt + ?Sized>(
+    src: &S,
+    k: u64,
+    size: usize,
+    win: &mut Window,
+    mut f: impl FnMut(u64, Option<&[u8]>) -> bool,
+) -> io::Result<ChunkEnd> {
+    let size = size.max(1);
+    let Some(start) = k.checked_mul(size as u64) else {
+        return Ok(ChunkEnd {
+            lines: 0,
+            last: true,
+        });
+    };
+    // From the byte before the chunk: a line begins at the chunk's start
+    // only if that byte ends one.
+    let base = start.saturating_sub(1);
+    let end = (start - base) as usize + size;
+    win.reset(base);
+    win.fill(src, end + SLACK)?;
+    let mut p = if k == 0 {
+        0
+    } else {
+        win.find_newline(src, 0, end - 1)?.map_or(end, |i| i + 1)
+    };
+    let mut n = 0;
+    while p < end {
+        // A line's newline must lie within MAX_LINE bytes.
+        let limit = p + MAX_LINE + 1;
+        if let Some(q) = win.find_newline(src, p, limit)? {
+            n += 1;
+            if !f(n, Some(trim_eol(&win.buf[p..q]))) {
+                break;
+            }
+            p = q + 1;
+            continue;
+        }
+        if win.filled < limit {
+            // The source ends in this line, which has no newline (or is
+            // empty: then it is no line).
+            if p < win.filled {
+                n += 1;
+                f(n, Some(trim_eol(&win.buf[p..win.filled])));
+            }
+            break;
+        }
+        n += 1;
+        if !f(n, None) {
+            break;
+        }
+        // The rest of the line is skipped, up to a newline that a line of
+        // this chunk would follow.
+        match win.find_newline(src, limit, end - 1)? {
+            Some(q) => p = q + 1,
+            None => break,
+        }
+    }
+    // Whether the source goes on past the chunk.
+    if win.filled <= end && !win.eof {
+        win.fill(src, end + 1)?;
+    }
+    Ok(ChunkEnd {
+        lines: n,
+        last: win.filled <= end,
+    })
+}
+
 /// A line without its trailing `\n`s and `\r`s.
 fn trim_eol(mut l: &[u8]) -> &[u8] {
     while let [rest @ .., b'\n' | b'\r'] = l {
@@ -328,6 +512,121 @@ mod tests {
         assert_eq!(r.next_line().unwrap().unwrap(), b"four");
         assert_eq!(r.line(), 4);
         assert!(r.next_line().is_none());
+    }
+
+    /// Lines as [`LineReader`] reads them: `None` for one too long.
+    fn read_lines(data: &[u8], capacity: usize) -> Vec<Option<Vec<u8>>> {
+        let mut r = LineReader::new(io::BufReader::with_capacity(capacity, data));
+        let mut lines = Vec::new();
+        while let Some(l) = r.next_line() {
+            lines.push(match l {
+                Ok(l) => Some(l.to_vec()),
+                Err(TraceError::LineTooLong { line, .. }) => {
+                    assert_eq!(line, lines.len() as u64 + 1);
+                    None
+                }
+                Err(e) => panic!("{e}"),
+            });
+        }
+        lines
+    }
+
+    /// Lines as chunk after chunk yields them, checking their numbers and
+    /// that no chunk past the last has any.
+    fn chunked_lines(data: &[u8], size: usize) -> Vec<Option<Vec<u8>>> {
+        let mut win = Window::default();
+        let mut lines = Vec::new();
+        for k in 0.. {
+            let before = lines.len() as u64;
+            let end = chunk_lines(data, k, size, &mut win, |n, l| {
+                assert_eq!(n, lines.len() as u64 - before + 1);
+                lines.push(l.map(<[u8]>::to_vec));
+                true
+            })
+            .unwrap();
+            assert_eq!(end.lines, lines.len() as u64 - before);
+            assert!(win.buf.len() <= size + MAX_LINE + 2 * SLACK);
+            if end.last {
+                assert!(k.saturating_mul(size as u64) <= data.len() as u64);
+                for later in k + 1..k + 3 {
+                    let e = chunk_lines(data, later, size, &mut win, |_, _| panic!())
+                        .unwrap();
+                    assert!(e.last && e.lines == 0);
+                }
+                break;
+            }
+        }
+        lines
+    }
+
+    /// Chunks split a source into exactly the lines [`LineReader`] reads,
+    /// whatever their size: lines across chunk ends, newlines just before
+    /// or at a chunk's start, `\r\n`, lines of MAX_LINE bytes and one more,
+    /// too-long lines spanning many chunks, with or without a last newline.
+    #[test]
+    fn chunks_split_as_the_line_reader_reads() {
+        let long = |len: usize, end: &[u8]| {
+            let mut l = vec![b'x'; len];
+            l.extend_from_slice(end);
+            l
+        };
+        let small: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"\n".to_vec(),
+            b"\n\n".to_vec(),
+            b"a".to_vec(),
+            b"a\n".to_vec(),
+            b"a\r\n\r\nbc\r".to_vec(),
+            b"one\ntwo\n\nthree\r\nfour".to_vec(),
+            (0..300u32)
+                .flat_map(|i| {
+                    let mut l = vec![b'y'; (i * 7 % 23) as usize];
+                    l.push(if i % 5 == 0 { b'\r' } else { b'z' });
+                    l.push(b'\n');
+                    l
+                })
+                .collect(),
+        ];
+        let mut large = Vec::new();
+        for len in [MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, 3 * MAX_LINE] {
+            for end in [&b"\n"[..], b"\r\n", b"\r", b""] {
+                let mut d = b"first\n".to_vec();
+                d.extend(long(len, end));
+                if !end.is_empty() {
+                    d.extend_from_slice(b"after\n");
+                    d.extend(long(len, b"\n"));
+                }
+                large.push(d);
+            }
+        }
+        let mut too_long = 0;
+        for data in &small {
+            let want = read_lines(data, 5);
+            assert_eq!(want, read_lines(data, 1 << 16));
+            for size in 1..=70 {
+                assert_eq!(chunked_lines(data, size), want, "size {size}");
+            }
+        }
+        for data in &large {
+            let want = read_lines(data, 1000);
+            too_long += want.iter().filter(|l| l.is_none()).count();
+            let sizes = [
+                1,
+                2,
+                3,
+                61,
+                4096,
+                MAX_LINE - 1,
+                MAX_LINE,
+                MAX_LINE + 1,
+                MAX_LINE + 2,
+                1 << 20,
+            ];
+            for size in sizes {
+                assert_eq!(chunked_lines(data, size), want, "size {size}");
+            }
+        }
+        assert!(too_long >= 10, "{too_long}");
     }
 
     #[test]

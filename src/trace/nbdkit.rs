@@ -34,9 +34,12 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::BufRead;
+use std::io::{self, BufRead};
+use std::sync::{mpsc, Arc};
 
-use crate::trace::{Event, LineReader, Op, Request, TraceError};
+use crate::trace::{
+    chunk_lines, ChunkEnd, Event, LineReader, Op, ReadAt, Request, TraceError, Window, MAX_LINE,
+};
 
 /// A quick hasher for the small integer keys of the in-flight table
 /// (connection and id numbers): a multiply-rotate mix finished with
@@ -72,25 +75,56 @@ pub const MAX_PENDING: usize = 1_000_000;
 
 const NO_COMPLETION: &str = "no completion in the trace";
 
+/// A request awaiting its completion. Flags rather than `Option`s keep it
+/// to 48 bytes: a million of these may be pending, and each crosses from a
+/// worker to the pairing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Pending {
     line: u64,
-    time: Option<f64>,
-    op: Op,
+    /// Meaningful if `has_time`; 0 otherwise.
+    time: f64,
     offset: u64,
     length: u64,
-    connection: Option<u64>,
+    /// Meaningful if `has_connection`; 0 otherwise.
+    connection: u64,
+    op: Op,
+    has_time: bool,
+    has_connection: bool,
 }
 
 impl Pending {
+    fn new(
+        line: u64,
+        time: Option<f64>,
+        op: Op,
+        offset: u64,
+        length: u64,
+        connection: Option<u64>,
+    ) -> Self {
+        Pending {
+            line,
+            time: time.unwrap_or(0.0),
+            offset,
+            length,
+            connection: connection.unwrap_or(0),
+            op,
+            has_time: time.is_some(),
+            has_connection: connection.is_some(),
+        }
+    }
+
+    fn connection(&self) -> Option<u64> {
+        self.has_connection.then_some(self.connection)
+    }
+
     fn into_request(self, failed: Option<String>) -> Request {
         Request {
             line: self.line,
-            time: self.time,
+            time: self.has_time.then_some(self.time),
             op: self.op,
             offset: self.offset,
             length: self.length,
-            connection: self.connection,
+            connection: self.connection(),
             failed,
             metadata: false,
         }
@@ -120,13 +154,316 @@ enum Parsed {
     },
 }
 
+/// One connection's requests awaiting their completion, by id.
+///
+/// nbdkit numbers a connection's requests in turn and few are in flight
+/// at once, so a request is mostly kept in the ring's slot for its id,
+/// where its completion finds it with one compare; an id whose slot is
+/// taken goes to the hash table. An id is in one or the other, never both.
+#[derive(Default)]
+struct Waiting {
+    /// Empty, or [`RING`] slots.
+    ring: Vec<Option<(u64, Pending)>>,
+    /// Whether to make the ring at the first request: only small
+    /// connection numbers have one, so the rings' memory stays bounded.
+    ringed: bool,
+    spill: Table<u64, Pending>,
+    len: usize,
+}
+
+/// Slots of a connection's ring.
+const RING: usize = 512;
+
+impl Waiting {
+    fn ringed() -> Self {
+        Waiting {
+            ringed: true,
+            ..Waiting::default()
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Pending> {
+        let i = id as usize % RING;
+        if matches!(self.ring.get(i), Some(Some((held, _))) if *held == id) {
+            return self.ring[i].as_mut().map(|(_, p)| p);
+        }
+        if self.spill.is_empty() {
+            return None;
+        }
+        self.spill.get_mut(&id)
+    }
+
+    /// Keeps a request whose id is not pending.
+    fn insert(&mut self, id: u64, p: Pending) {
+        if self.ring.is_empty() && self.ringed {
+            self.ring.resize(RING, None);
+        }
+        self.len += 1;
+        match self.ring.get_mut(id as usize % RING) {
+            Some(slot @ None) => *slot = Some((id, p)),
+            _ => {
+                self.spill.insert(id, p);
+            }
+        }
+    }
+
+    /// Takes out request `id` if its op is `op`; else the request pending
+    /// with that id, if any.
+    fn complete(&mut self, id: u64, op: Op) -> Result<Pending, Option<Pending>> {
+        if let Some(slot) = self.ring.get_mut(id as usize % RING) {
+            if let Some((held, p)) = slot {
+                if *held == id {
+                    if p.op != op {
+                        return Err(Some(*p));
+                    }
+                    let p = *p;
+                    *slot = None;
+                    self.len -= 1;
+                    return Ok(p);
+                }
+            }
+        }
+        if self.spill.is_empty() {
+            return Err(None);
+        }
+        match self.spill.entry(id) {
+            Entry::Occupied(e) if e.get().op == op => {
+                self.len -= 1;
+                Ok(e.remove())
+            }
+            Entry::Occupied(e) => Err(Some(*e.get())),
+            Entry::Vacant(_) => Err(None),
+        }
+    }
+
+    /// Everything pending, taken out.
+    fn drain(&mut self, into: &mut Vec<Pending>) {
+        let in_ring = self.len - self.spill.len();
+        into.extend(
+            self.ring
+                .iter_mut()
+                .filter_map(|s| s.take().map(|(_, p)| p))
+                .take(in_ring),
+        );
+        into.extend(self.spill.drain().map(|(_, p)| p));
+        self.len = 0;
+    }
+}
+
+/// Requests awaiting their completion, by connection then id. A
+/// disconnect takes its connection's requests whole, whatever else is
+/// pending. Connections are few and numbered from 1, so the small numbers
+/// index an array.
+#[derive(Default)]
+struct InFlight {
+    small: Vec<Waiting>,
+    other: Table<Option<u64>, Waiting>,
+}
+
+/// Connections numbered below this have a slot in [`InFlight::small`].
+const SMALL_CONNECTIONS: u64 = 64;
+
+impl InFlight {
+    fn get_mut(&mut self, connection: Option<u64>) -> Option<&mut Waiting> {
+        match connection {
+            Some(c) if c < SMALL_CONNECTIONS => self.small.get_mut(c as usize),
+            _ => self.other.get_mut(&connection),
+        }
+    }
+
+    fn waiting(&mut self, connection: Option<u64>) -> &mut Waiting {
+        match connection {
+            Some(c) if c < SMALL_CONNECTIONS => {
+                let c = c as usize;
+                if self.small.len() <= c {
+                    self.small.resize_with(c + 1, Waiting::ringed);
+                }
+                &mut self.small[c]
+            }
+            _ => self.other.entry(connection).or_default(),
+        }
+    }
+
+    /// A connection's pending requests, taken out.
+    fn take(&mut self, connection: Option<u64>) -> Vec<Pending> {
+        let mut left = Vec::new();
+        match connection {
+            Some(c) if c < SMALL_CONNECTIONS => {
+                if let Some(w) = self.small.get_mut(c as usize) {
+                    w.drain(&mut left);
+                }
+            }
+            _ => {
+                if let Some(mut w) = self.other.remove(&connection) {
+                    w.drain(&mut left);
+                }
+            }
+        }
+        left
+    }
+
+    fn drain(&mut self) -> Vec<Pending> {
+        let mut left = Vec::new();
+        for w in &mut self.small {
+            w.drain(&mut left);
+        }
+        for (_, mut w) in self.other.drain() {
+            w.drain(&mut left);
+        }
+        left
+    }
+}
+
+type Item = Result<Event, TraceError>;
+
+/// Pairs requests with their completions: what the lines of a trace say,
+/// in order, turned into events. Both parsers feed it, the sequential one
+/// line by line and the parallel one chunk by chunk, so they cannot
+/// disagree about anything but where lines come from.
+#[derive(Default)]
+struct Pairing {
+    pending: InFlight,
+    npending: usize,
+    /// Events due before the next line's, when a line yields several.
+    out: VecDeque<Item>,
+    last_size: Option<u64>,
+}
+
+impl Pairing {
+    /// Takes in line `n`: returns the event it yields, if only one, else
+    /// queues them all in `out`. Callers empty `out` first, so the order
+    /// holds.
+    fn apply(&mut self, n: u64, parsed: Result<Parsed, TraceError>) -> Option<Item> {
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        match parsed {
+            Parsed::Skip => None,
+            Parsed::Connect { size } => {
+                if self.last_size == Some(size) {
+                    return None;
+                }
+                self.last_size = Some(size);
+                Some(Ok(Event::DiskSize { line: n, size }))
+            }
+            Parsed::Disconnect { connection } => {
+                let left = self.pending.take(connection);
+                self.npending -= left.len();
+                self.unfinished(left);
+                None
+            }
+            Parsed::Request { id, pending } => self.request(id, pending),
+            Parsed::Completion {
+                connection,
+                op,
+                id,
+                failed,
+            } => self.completion(n, connection, op, id, failed),
+        }
+    }
+
+    /// Request line `pending.line`.
+    #[inline]
+    fn request(&mut self, id: u64, pending: Pending) -> Option<Item> {
+        let full = self.npending >= MAX_PENDING;
+        let waiting = self.pending.waiting(pending.connection());
+        if let Some(old) = waiting.get_mut(id) {
+            // nbdkit ids are unique per connection: the old one never
+            // completed.
+            let old = std::mem::replace(old, pending);
+            return Some(Ok(Event::Request(old.into_request(Some(format!(
+                "no completion before id {id} was reused at line {}",
+                pending.line
+            ))))));
+        }
+        if full {
+            return Some(Err(TraceError::parse(
+                pending.line,
+                format!("more than {MAX_PENDING} requests awaiting completion"),
+            )));
+        }
+        waiting.insert(id, pending);
+        self.npending += 1;
+        None
+    }
+
+    /// Completion line `n`.
+    #[inline]
+    fn completion(
+        &mut self,
+        n: u64,
+        connection: Option<u64>,
+        op: Op,
+        id: u64,
+        failed: Option<String>,
+    ) -> Option<Item> {
+        match self
+            .pending
+            .get_mut(connection)
+            .map_or(Err(None), |w| w.complete(id, op))
+        {
+            Ok(p) => {
+                self.npending -= 1;
+                Some(Ok(Event::Request(p.into_request(failed))))
+            }
+            Err(Some(p)) => {
+                let message = format!(
+                    "completion of {} id={id}{} does not match the pending {} of line {}",
+                    op.as_str(),
+                    conn_text(connection),
+                    p.op.as_str(),
+                    p.line
+                );
+                Some(Ok(Event::Warning { line: n, message }))
+            }
+            Err(None) => {
+                let message = format!(
+                    "completion of {} id={id}{} without its request",
+                    op.as_str(),
+                    conn_text(connection)
+                );
+                Some(Ok(Event::Warning { line: n, message }))
+            }
+        }
+    }
+
+    fn unfinished(&mut self, mut left: Vec<Pending>) {
+        left.sort_by_key(|p| p.line);
+        self.out.extend(left.into_iter().map(|p| {
+            Ok(Event::Request(
+                p.into_request(Some(NO_COMPLETION.to_string())),
+            ))
+        }));
+    }
+
+    /// The trace is over: what is still pending never completed.
+    fn finish(&mut self) {
+        let left = self.pending.drain();
+        self.npending = 0;
+        self.unfinished(left);
+    }
+}
+
+/// Line `n` of a chunk whose first line is line `base + 1` of the trace,
+/// renumbered as a line of the trace.
+fn rebase(
+    base: u64,
+    n: u64,
+    mut parsed: Result<Parsed, TraceError>,
+) -> (u64, Result<Parsed, TraceError>) {
+    match &mut parsed {
+        Ok(Parsed::Request { pending, .. }) => pending.line += base,
+        Err(TraceError::Parse { line, .. } | TraceError::LineTooLong { line, .. }) => *line += base,
+        Ok(_) | Err(TraceError::Io(_)) => {}
+    }
+    (n + base, parsed)
+}
+
+/// The sequential parser, over any reader.
 pub struct Parser<R> {
     lines: LineReader<R>,
-    /// connection → id → request awaiting its completion.
-    pending: Table<Option<u64>, Table<u64, Pending>>,
-    npending: usize,
-    out: VecDeque<Result<Event, TraceError>>,
-    last_size: Option<u64>,
+    pairing: Pairing,
     dates: DateCache,
     finished: bool,
 }
@@ -135,139 +472,408 @@ impl<R: BufRead> Parser<R> {
     pub fn new(lines: LineReader<R>) -> Self {
         Parser {
             lines,
-            pending: Table::default(),
-            npending: 0,
-            out: VecDeque::new(),
-            last_size: None,
+            pairing: Pairing::default(),
             dates: DateCache::default(),
             finished: false,
         }
     }
-
-    /// Reads one line, queueing what it yields.
-    fn step(&mut self) {
-        let n = self.lines.line() + 1;
-        let parsed = match self.lines.next_line() {
-            None => {
-                self.finish();
-                return;
-            }
-            Some(Err(e)) => {
-                let fatal = e.is_fatal();
-                self.out.push_back(Err(e));
-                if fatal {
-                    self.finish();
-                }
-                return;
-            }
-            Some(Ok(l)) => parse_line(l, n, &mut self.dates),
-        };
-        match parsed {
-            Err(e) => self.out.push_back(Err(e)),
-            Ok(Parsed::Skip) => {}
-            Ok(Parsed::Connect { size }) => {
-                if self.last_size != Some(size) {
-                    self.last_size = Some(size);
-                    self.out.push_back(Ok(Event::DiskSize { line: n, size }));
-                }
-            }
-            Ok(Parsed::Disconnect { connection }) => {
-                if let Some(table) = self.pending.remove(&connection) {
-                    self.npending -= table.len();
-                    self.emit_unfinished(table.into_values().collect());
-                }
-            }
-            Ok(Parsed::Request { id, pending }) => {
-                let table = self.pending.entry(pending.connection).or_default();
-                match table.entry(id) {
-                    Entry::Occupied(mut e) => {
-                        // nbdkit ids are unique per connection: the old one
-                        // never completed.
-                        let old = e.insert(pending);
-                        self.out
-                            .push_back(Ok(Event::Request(old.into_request(Some(format!(
-                                "no completion before id {id} was reused at line {n}"
-                            ))))));
-                    }
-                    Entry::Vacant(_) if self.npending >= MAX_PENDING => {
-                        self.out.push_back(Err(TraceError::parse(
-                            n,
-                            format!("more than {MAX_PENDING} requests awaiting completion"),
-                        )));
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(pending);
-                        self.npending += 1;
-                    }
-                }
-            }
-            Ok(Parsed::Completion {
-                connection,
-                op,
-                id,
-                failed,
-            }) => match self.pending.get_mut(&connection).map(|t| t.entry(id)) {
-                Some(Entry::Occupied(e)) if e.get().op == op => {
-                    let p = e.remove();
-                    self.npending -= 1;
-                    self.out
-                        .push_back(Ok(Event::Request(p.into_request(failed))));
-                }
-                Some(Entry::Occupied(e)) => {
-                    let p = e.get();
-                    let message = format!(
-                        "completion of {} id={id}{} does not match the pending {} of line {}",
-                        op.as_str(),
-                        conn_text(connection),
-                        p.op.as_str(),
-                        p.line
-                    );
-                    self.out.push_back(Ok(Event::Warning { line: n, message }));
-                }
-                Some(Entry::Vacant(_)) | None => {
-                    let message = format!(
-                        "completion of {} id={id}{} without its request",
-                        op.as_str(),
-                        conn_text(connection)
-                    );
-                    self.out.push_back(Ok(Event::Warning { line: n, message }));
-                }
-            },
-        }
-    }
-
-    fn emit_unfinished(&mut self, mut left: Vec<Pending>) {
-        left.sort_by_key(|p| p.line);
-        for p in left {
-            self.out.push_back(Ok(Event::Request(
-                p.into_request(Some(NO_COMPLETION.to_string())),
-            )));
-        }
-    }
-
-    fn finish(&mut self) {
-        self.finished = true;
-        let left: Vec<Pending> = self
-            .pending
-            .drain()
-            .flat_map(|(_, t)| t.into_values())
-            .collect();
-        self.npending = 0;
-        self.emit_unfinished(left);
-    }
 }
 
 impl<R: BufRead> Iterator for Parser<R> {
-    type Item = Result<Event, TraceError>;
-    fn next(&mut self) -> Option<Self::Item> {
+    type Item = Item;
+    fn next(&mut self) -> Option<Item> {
         loop {
-            if let Some(e) = self.out.pop_front() {
+            if let Some(e) = self.pairing.out.pop_front() {
                 return Some(e);
             }
             if self.finished {
                 return None;
             }
-            self.step();
+            let n = self.lines.line() + 1;
+            let parsed = match self.lines.next_line() {
+                None => {
+                    self.finished = true;
+                    self.pairing.finish();
+                    continue;
+                }
+                Some(Err(e)) if e.is_fatal() => {
+                    self.finished = true;
+                    self.pairing.out.push_back(Err(e));
+                    self.pairing.finish();
+                    continue;
+                }
+                Some(Err(e)) => Err(e),
+                Some(Ok(l)) => parse_line(l, n, &mut self.dates),
+            };
+            if let Some(e) = self.pairing.apply(n, parsed) {
+                return Some(e);
+            }
+        }
+    }
+}
+
+/// Bytes the parallel parser reads at a time: a chunk's parsed lines
+/// (some 13 000, a megabyte) stay in the cache while pairing takes them in,
+/// and memory stays small with a few chunks ahead per worker.
+pub const CHUNK: usize = 1 << 20;
+
+/// Chunks a worker may have parsed ahead of the pairing.
+const CHUNKS_AHEAD: usize = 2;
+
+/// A line that says something, as a worker hands it to the pairing: 48
+/// bytes, no pointer, since every one crosses from one core's cache to
+/// another's. Requests and successful completions, nearly every line of a
+/// trace, are held here whole; anything else is in its chunk's `others`.
+#[derive(Clone, Copy)]
+struct Said {
+    /// The request's or completion's id; for [`What::Other`], the index in
+    /// `others`.
+    id: u64,
+    offset: u64,
+    length: u64,
+    time: f64,
+    connection: u64,
+    /// In the chunk, from 1.
+    line: u32,
+    what: What,
+    op: Op,
+    has_time: bool,
+    has_connection: bool,
+}
+
+impl Said {
+    fn new(what: What, line: u64, id: u64, p: &Pending) -> Self {
+        Said {
+            id,
+            offset: p.offset,
+            length: p.length,
+            time: p.time,
+            connection: p.connection,
+            // Chunks are at most MAX_CHUNK bytes, so their lines fit.
+            line: line as u32,
+            what,
+            op: p.op,
+            has_time: p.has_time,
+            has_connection: p.has_connection,
+        }
+    }
+
+    /// The request it holds, on line `line` of the trace.
+    fn pending(&self, line: u64) -> Pending {
+        Pending {
+            line,
+            time: self.time,
+            offset: self.offset,
+            length: self.length,
+            connection: self.connection,
+            op: self.op,
+            has_time: self.has_time,
+            has_connection: self.has_connection,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum What {
+    Request,
+    Done,
+    Other,
+}
+
+/// What a worker made of a chunk, or of a part of one: a chunk of short
+/// bad lines makes many records, each with a message, so a worker hands
+/// them over in parts of at most [`PART`] records.
+#[derive(Default)]
+struct Chunk {
+    said: Vec<Said>,
+    /// The rarer lines, numbered from 1 in the part, as `said` is.
+    others: Vec<(u64, Result<Parsed, TraceError>)>,
+    /// Lines in the part, said something or not.
+    count: u64,
+    end: End,
+}
+
+/// Records in a part at most: 3 MB of them, far more than 1 MiB of a
+/// real trace makes.
+const PART: usize = 1 << 16;
+
+/// Records with a heap part (an error's message) in a part at most.
+const PART_OTHERS: usize = 1 << 12;
+
+#[derive(Default)]
+enum End {
+    /// The chunk goes on in the worker's next part.
+    Part,
+    /// The next chunk is the next worker's.
+    #[default]
+    More,
+    /// The trace ends in this chunk.
+    Last,
+    Failed(io::Error),
+}
+
+/// The parallel parser: workers split and parse fixed chunks of the
+/// trace, each line on its own (a line depends on no other), and the
+/// pairing takes the chunks in, in order, on the caller's thread.
+/// Whatever the chunk size or the number of workers, it yields what
+/// [`Parser`] yields over the same bytes.
+pub struct Parallel {
+    /// From worker `w`, chunks `w`, `w + workers`, `w + 2 workers`…
+    chunks: Vec<mpsc::Receiver<Chunk>>,
+    /// Emptied parts, back to their worker to be refilled.
+    spent: Vec<mpsc::Sender<Chunk>>,
+    workers: Vec<Option<std::thread::JoinHandle<()>>>,
+    /// The chunk to take in after the current one.
+    next: u64,
+    /// The part being taken in, up to `said[at]`, and its worker.
+    current: Chunk,
+    at: usize,
+    from: Option<usize>,
+    /// Lines of the trace before the current part.
+    base: u64,
+    pairing: Pairing,
+    finished: bool,
+}
+
+/// Largest chunk: a part's line numbers must fit a `u32`.
+const MAX_CHUNK: usize = 1 << 30;
+
+/// Parses the nbdkit trace in `src` with `workers` threads reading
+/// `chunk` bytes at a time. Memory depends on those, not on the trace.
+pub fn parallel<S: ReadAt + ?Sized + 'static>(
+    src: Arc<S>,
+    chunk: usize,
+    workers: usize,
+) -> io::Result<Parallel> {
+    let workers = workers.max(1);
+    let chunk = chunk.clamp(1, MAX_CHUNK);
+    let mut p = Parallel {
+        chunks: Vec::with_capacity(workers),
+        spent: Vec::with_capacity(workers),
+        workers: Vec::with_capacity(workers),
+        next: 0,
+        current: Chunk::default(),
+        at: 0,
+        from: None,
+        base: 0,
+        pairing: Pairing::default(),
+        finished: false,
+    };
+    for w in 0..workers {
+        let (chunk_tx, chunk_rx) = mpsc::sync_channel(CHUNKS_AHEAD);
+        let (spent_tx, spent_rx) = mpsc::channel();
+        let src = Arc::clone(&src);
+        let handle = std::thread::Builder::new()
+            .name(format!("bmap-parse-{w}"))
+            .spawn(move || work(&*src, w as u64, workers as u64, chunk, &chunk_tx, &spent_rx))?;
+        p.chunks.push(chunk_rx);
+        p.spent.push(spent_tx);
+        p.workers.push(Some(handle));
+    }
+    Ok(p)
+}
+
+/// A worker: chunks `first`, `first + stride`… until the last, or until
+/// the pairing stops listening.
+fn work<S: ReadAt + ?Sized>(
+    src: &S,
+    first: u64,
+    stride: u64,
+    size: usize,
+    chunks: &mpsc::SyncSender<Chunk>,
+    spent: &mpsc::Receiver<Chunk>,
+) {
+    let mut window = Window::default();
+    let mut dates = DateCache::default();
+    let mut k = first;
+    let mut send = |c: Chunk| chunks.send(c).is_ok();
+    loop {
+        let fresh = || spent.try_recv().unwrap_or_default();
+        let Some(last) = parse_chunk(src, k, size, &mut window, &mut dates, fresh, &mut send)
+        else {
+            return;
+        };
+        if last {
+            return;
+        }
+        match k.checked_add(stride) {
+            Some(next) => k = next,
+            None => return,
+        }
+    }
+}
+
+/// Parses chunk `k`, handing its parts to `send`, each in a [`Chunk`]
+/// from `fresh`: whether it was the last (`None` if `send` failed).
+fn parse_chunk<S: ReadAt + ?Sized>(
+    src: &S,
+    k: u64,
+    size: usize,
+    window: &mut Window,
+    dates: &mut DateCache,
+    fresh: impl Fn() -> Chunk,
+    send: &mut impl FnMut(Chunk) -> bool,
+) -> Option<bool> {
+    let mut c = fresh();
+    // Lines of the chunk in parts already sent.
+    let mut sent = 0;
+    let mut listening = true;
+    let read = chunk_lines(src, k, size, window, |n, line| {
+        let n = n - sent;
+        let parsed = match line {
+            Some(l) => parse_line(l, n, dates),
+            None => Err(TraceError::LineTooLong {
+                line: n,
+                max: MAX_LINE,
+            }),
+        };
+        match parsed {
+            Ok(Parsed::Skip) => {}
+            Ok(Parsed::Request { id, pending }) => {
+                c.said.push(Said::new(What::Request, n, id, &pending))
+            }
+            Ok(Parsed::Completion {
+                connection,
+                op,
+                id,
+                failed: None,
+            }) => c.said.push(Said::new(
+                What::Done,
+                n,
+                id,
+                &Pending::new(n, None, op, 0, 0, connection),
+            )),
+            other => {
+                c.said.push(Said::new(
+                    What::Other,
+                    n,
+                    c.others.len() as u64,
+                    &Pending::new(n, None, Op::Read, 0, 0, None),
+                ));
+                c.others.push((n, other));
+            }
+        }
+        if c.said.len() < PART && c.others.len() < PART_OTHERS {
+            return true;
+        }
+        let part = std::mem::replace(&mut c, fresh());
+        listening = send(Chunk {
+            count: n,
+            end: End::Part,
+            ..part
+        });
+        sent += n;
+        listening
+    });
+    if !listening {
+        return None;
+    }
+    let (count, end) = match read {
+        Ok(ChunkEnd { lines, last: false }) => (lines - sent, End::More),
+        Ok(ChunkEnd { lines, last: true }) => (lines - sent, End::Last),
+        Err(e) => (0, End::Failed(e)),
+    };
+    let last = !matches!(end, End::More);
+    send(Chunk { count, end, ..c }).then_some(last)
+}
+
+impl Parallel {
+    /// The current part is taken in: on to the next, or to the end.
+    fn advance(&mut self) {
+        let same = match std::mem::take(&mut self.current.end) {
+            End::Part => true,
+            End::More => false,
+            End::Last => {
+                self.finished = true;
+                self.pairing.finish();
+                return;
+            }
+            End::Failed(e) => {
+                self.finished = true;
+                self.pairing.out.push_back(Err(TraceError::Io(e)));
+                self.pairing.finish();
+                return;
+            }
+        };
+        self.base += self.current.count;
+        if let Some(w) = self.from {
+            let mut spent = std::mem::take(&mut self.current);
+            spent.said.clear();
+            spent.others.clear();
+            // A worker that has stopped needs it no more.
+            let _ = self.spent[w].send(spent);
+        }
+        let w = match self.from {
+            Some(w) if same => w,
+            _ => {
+                let w = (self.next % self.chunks.len() as u64) as usize;
+                self.next += 1;
+                w
+            }
+        };
+        self.from = Some(w);
+        self.at = 0;
+        match self.chunks[w].recv() {
+            Ok(c) => self.current = c,
+            Err(_) => {
+                // A worker ends without sending its chunk only by
+                // panicking: then so do we, as if it had run here.
+                if let Some(Err(panic)) = self.workers[w].take().map(|h| h.join()) {
+                    std::panic::resume_unwind(panic);
+                }
+                self.current = Chunk {
+                    end: End::Failed(io::Error::other("a parsing thread stopped early")),
+                    ..Chunk::default()
+                };
+            }
+        }
+    }
+}
+
+impl Iterator for Parallel {
+    type Item = Item;
+    fn next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(e) = self.pairing.out.pop_front() {
+                return Some(e);
+            }
+            if let Some(&said) = self.current.said.get(self.at) {
+                self.at += 1;
+                let line = u64::from(said.line) + self.base;
+                let e = match said.what {
+                    What::Request => self.pairing.request(said.id, said.pending(line)),
+                    What::Done => {
+                        let connection = said.has_connection.then_some(said.connection);
+                        self.pairing
+                            .completion(line, connection, said.op, said.id, None)
+                    }
+                    What::Other => {
+                        let slot = &mut self.current.others[said.id as usize];
+                        let (n, parsed) = std::mem::replace(slot, (0, Ok(Parsed::Skip)));
+                        let (n, parsed) = rebase(self.base, n, parsed);
+                        self.pairing.apply(n, parsed)
+                    }
+                };
+                if let Some(e) = e {
+                    return Some(e);
+                }
+                continue;
+            }
+            if self.finished {
+                return None;
+            }
+            self.advance();
+        }
+    }
+}
+
+impl Drop for Parallel {
+    /// Workers end at their next send once nobody listens; they are waited
+    /// for so that none outlives the parse.
+    fn drop(&mut self) {
+        self.chunks.clear();
+        for h in self.workers.iter_mut().filter_map(Option::take) {
+            let _ = h.join();
         }
     }
 }
@@ -279,6 +885,7 @@ fn conn_text(c: Option<u64>) -> String {
     }
 }
 
+#[inline]
 fn op_of(word: &[u8]) -> Option<Op> {
     Some(match word {
         b"Read" => Op::Read,
@@ -396,13 +1003,13 @@ fn parse_line(l: &[u8], n: u64, cache: &mut DateCache) -> Result<Parsed, TraceEr
 /// overflowing number, a failure) is `None`, and [`parse_rest`] decides:
 /// what this returns is what [`parse_rest`] would.
 fn quick(time: Option<f64>, rest: &[u8], n: u64) -> Option<Parsed> {
-    let rest = trim_start(rest).strip_prefix(b"connection=")?;
+    let rest = strip(trim_start(rest), b"connection=")?;
     let (connection, rest) = decimal_then_space(rest)?;
     let connection = Some(connection);
-    if let Some(done) = rest.strip_prefix(b"...") {
+    if let Some(done) = strip(rest, b"...") {
         let (op, args) = op_word(done)?;
-        let (id, args) = decimal_then_space(args.strip_prefix(b"id=")?)?;
-        return (args == b"return=0").then_some(Parsed::Completion {
+        let (id, args) = decimal_then_space(strip(args, b"id=")?)?;
+        return (strip(args, b"return=0")?.is_empty()).then_some(Parsed::Completion {
             connection,
             op,
             id,
@@ -413,14 +1020,14 @@ fn quick(time: Option<f64>, rest: &[u8], n: u64) -> Option<Parsed> {
     if op == Op::Flush {
         return None;
     }
-    let (id, args) = decimal_then_space(args.strip_prefix(b"id=")?)?;
-    let (offset, args) = number_then_space(args.strip_prefix(b"offset=")?)?;
-    let (length, mut args) = number_then_space(args.strip_prefix(b"count=")?)?;
+    let (id, args) = decimal_then_space(strip(args, b"id=")?)?;
+    let (offset, args) = number_then_space(strip(args, b"offset=")?)?;
+    let (length, mut args) = number_then_space(strip(args, b"count=")?)?;
     offset.checked_add(length)?;
     // The general tokenizer stops at the first "..." token; before it,
     // tokens must be plain (no quotes or tabs) and must not repeat a key
     // read above.
-    loop {
+    while !strip(args, b"...").is_some_and(<[u8]>::is_empty) {
         let end = args.iter().position(|&b| b == b' ').unwrap_or(args.len());
         let tok = &args[..end];
         if tok == b"..." {
@@ -439,31 +1046,50 @@ fn quick(time: Option<f64>, rest: &[u8], n: u64) -> Option<Parsed> {
     }
     Some(Parsed::Request {
         id,
-        pending: Pending {
-            line: n,
-            time,
-            op,
-            offset,
-            length,
-            connection,
-        },
+        pending: Pending::new(n, time, op, offset, length, connection),
     })
 }
 
 /// A request's name and what follows the space after it.
+#[inline]
 fn op_word(s: &[u8]) -> Option<(Op, &[u8])> {
-    let end = s.iter().take(8).position(|&b| b == b' ')?;
-    Some((op_of(&s[..end])?, &s[end + 1..]))
+    // By the first letter, then one compare of known length.
+    Some(match s.first()? {
+        b'R' => (Op::Read, strip(s, b"Read ")?),
+        b'W' => (Op::Write, strip(s, b"Write ")?),
+        b'T' => (Op::Trim, strip(s, b"Trim ")?),
+        b'Z' => (Op::Zero, strip(s, b"Zero ")?),
+        b'C' => (Op::Cache, strip(s, b"Cache ")?),
+        b'F' => (Op::Flush, strip(s, b"Flush ")?),
+        b'E' => (Op::Extents, strip(s, b"Extents ")?),
+        _ => return None,
+    })
+}
+
+/// `s` without `prefix`, if it starts with it: as `strip_prefix`, but the
+/// length is known when compiling, so the compare is a few loads rather
+/// than a call to `memcmp`.
+#[inline]
+fn strip<'a, const N: usize>(s: &'a [u8], prefix: &[u8; N]) -> Option<&'a [u8]> {
+    match s.split_first_chunk::<N>() {
+        Some((head, rest)) if head == prefix => Some(rest),
+        _ => None,
+    }
 }
 
 /// Decimal digits then a space: the number and what follows the space.
+#[inline]
 fn decimal_then_space(s: &[u8]) -> Option<(u64, &[u8])> {
     let mut v: u64 = 0;
-    for (i, &b) in s.iter().enumerate() {
-        match b {
-            b'0'..=b'9' => v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?,
-            b' ' if i > 0 => return Some((v, &s[i + 1..])),
-            _ => return None,
+    // 19 digits cannot overflow; more are left to the general path.
+    for (i, &b) in s.iter().take(20).enumerate() {
+        let d = b.wrapping_sub(b'0');
+        if d < 10 && i < 19 {
+            v = v * 10 + u64::from(d);
+        } else if b == b' ' && i > 0 {
+            return Some((v, &s[i + 1..]));
+        } else {
+            return None;
         }
     }
     None
@@ -471,26 +1097,42 @@ fn decimal_then_space(s: &[u8]) -> Option<(u64, &[u8])> {
 
 /// A number as [`num`] reads it (decimal or `0x` hex) then a space: the
 /// number and what follows the space.
+#[inline]
 fn number_then_space(s: &[u8]) -> Option<(u64, &[u8])> {
     let Some(h) = s.strip_prefix(b"0x").or_else(|| s.strip_prefix(b"0X")) else {
         return decimal_then_space(s);
     };
     let mut v: u64 = 0;
-    for (i, &b) in h.iter().enumerate() {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            b' ' if i > 0 => return Some((v, &h[i + 1..])),
-            _ => return None,
-        };
-        if v >> 60 != 0 {
+    // 16 digits cannot overflow; more are left to the general path.
+    for (i, &b) in h.iter().take(17).enumerate() {
+        let d = HEX[usize::from(b)];
+        if d < 16 && i < 16 {
+            v = (v << 4) | u64::from(d);
+        } else if b == b' ' && i > 0 {
+            return Some((v, &h[i + 1..]));
+        } else {
             return None;
         }
-        v = (v << 4) | u64::from(d);
     }
     None
 }
+
+/// Each byte's value as a hex digit, or 255.
+static HEX: [u8; 256] = {
+    let mut a = [255u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        a[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        a[b'a' as usize + i] = 10 + i as u8;
+        a[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    a
+};
 
 /// Everything after the timestamp, the general way.
 fn parse_rest(time: Option<f64>, rest: &[u8], n: u64) -> Result<Parsed, TraceError> {
@@ -605,20 +1247,19 @@ fn parse_rest(time: Option<f64>, rest: &[u8], n: u64) -> Result<Parsed, TraceErr
     }
     Ok(Parsed::Request {
         id,
-        pending: Pending {
-            line: n,
-            time,
-            op,
-            offset,
-            length,
-            connection,
-        },
+        pending: Pending::new(n, time, op, offset, length, connection),
     })
 }
 
 /// Reads `YYYY-MM-DD HH:MM:SS[.frac]` at the start of `l`: seconds since
 /// the epoch (as UTC) and the rest of the line.
 fn timestamp(l: &[u8]) -> Option<(f64, &[u8])> {
+    let (secs, frac, rest) = timestamp_parts(l)?;
+    Some((secs as f64 + frac, rest))
+}
+
+/// [`timestamp`]'s whole seconds and fraction, apart.
+fn timestamp_parts(l: &[u8]) -> Option<(i64, f64, &[u8])> {
     if l.len() < 19 || !l[0].is_ascii_digit() {
         return None;
     }
@@ -640,11 +1281,16 @@ fn timestamp(l: &[u8]) -> Option<(f64, &[u8])> {
     }
     let (frac, rest) = fraction(&l[19..])?;
     let secs = days_from_civil(y, mo, da) * 86400 + h * 3600 + mi * 60 + s;
-    Some((secs as f64 + frac, rest))
+    Some((secs, frac, rest))
 }
 
 /// The last `YYYY-MM-DD HH:MM:SS` read and its seconds: consecutive lines
 /// mostly share it, and comparing 19 bytes is quicker than reading them.
+///
+/// It holds the whole seconds as read, not the floor of a timestamp (a
+/// fraction may round the sum up to the next second), so that what it
+/// returns depends on the line alone: the parallel parser's workers each
+/// have their own, and must agree with the sequential parser's.
 #[derive(Default)]
 struct DateCache {
     text: [u8; 19],
@@ -670,10 +1316,10 @@ impl DateCache {
             let (frac, rest) = fraction(&l[19..])?;
             return Some((self.secs + frac, rest));
         }
-        let (t, rest) = timestamp(l)?;
+        let (secs, frac, rest) = timestamp_parts(l)?;
         self.text.copy_from_slice(&l[..19]);
-        self.secs = t.floor();
-        Some((t, rest))
+        self.secs = secs as f64;
+        Some((self.secs + frac, rest))
     }
 }
 
@@ -689,13 +1335,43 @@ const SCALES: [f64; 10] = {
     a
 };
 
+/// `FRACTIONS3[abc]` is what [`fraction`]'s loop sums for the digits
+/// `.abc`, in the same order, so starting from it changes no bit.
+static FRACTIONS3: [f64; 1000] = {
+    let mut a = [0.0f64; 1000];
+    let mut i = 0;
+    while i < 1000 {
+        let mut frac = 0.0;
+        frac += (i / 100) as f64 * SCALES[0];
+        frac += (i / 10 % 10) as f64 * SCALES[1];
+        frac += (i % 10) as f64 * SCALES[2];
+        a[i] = frac;
+        i += 1;
+    }
+    a
+};
+
 /// `[.digits]` then a space or the end: the fraction and the rest.
+#[inline]
 fn fraction(l: &[u8]) -> Option<(f64, &[u8])> {
     let mut i = 0;
     let mut frac = 0.0;
     if l.first() == Some(&b'.') {
         i = 1;
         let mut scale = 0.1;
+        // Three digits at once, from sums made the same way.
+        if let Some(&[a, b, c]) = l.get(1..4) {
+            let (a, b, c) = (
+                a.wrapping_sub(b'0'),
+                b.wrapping_sub(b'0'),
+                c.wrapping_sub(b'0'),
+            );
+            if a < 10 && b < 10 && c < 10 {
+                frac = FRACTIONS3[usize::from(a) * 100 + usize::from(b) * 10 + usize::from(c)];
+                scale = SCALES[3];
+                i = 4;
+            }
+        }
         while let Some(&b) = l.get(i) {
             if !b.is_ascii_digit() {
                 break;
@@ -758,7 +1434,7 @@ pub fn looks_like(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{events, Format, ParseOptions, MAX_LINE};
+    use crate::trace::{events, Format, ParseOptions};
 
     fn run(text: &str) -> Vec<Result<Event, TraceError>> {
         events(Format::Nbdkit, text.as_bytes(), &ParseOptions::default()).collect()
@@ -1015,5 +1691,479 @@ connection=1 ...Read id=1 return=0
         ));
         assert!(!looks_like("0,read,0,4096"));
         assert!(!looks_like("Ready"));
+    }
+
+    /// Events with errors as text, to compare (io::Error has no `==`).
+    fn comparable(ev: impl Iterator<Item = Item>) -> Vec<Result<Event, String>> {
+        ev.map(|e| e.map_err(|e| format!("{e:?}"))).collect()
+    }
+
+    fn sequential(data: &[u8]) -> Vec<Result<Event, String>> {
+        comparable(events(Format::Nbdkit, data, &ParseOptions::default()))
+    }
+
+    fn chunked(data: &[u8], chunk: usize, workers: usize) -> Vec<Result<Event, String>> {
+        comparable(parallel(Arc::<[u8]>::from(data), chunk, workers).unwrap())
+    }
+
+    /// xorshift64*: reproducible inputs without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A trace with every shape the pairing treats apart: interleaved
+    /// connections, completions in any order, failures, id reuse,
+    /// mismatched and unpaired completions, disconnects with requests
+    /// pending, changing sizes, lines cut short, lines without timestamps,
+    /// garbage, blank lines, CRLF, tabs, quotes, timestamps whose fraction
+    /// rounds up, and lines just under and over MAX_LINE.
+    fn random_trace(seed: u64, lines: usize, long_lines: bool) -> Vec<u8> {
+        const OPS: [&str; 7] = ["Read", "Write", "Trim", "Zero", "Cache", "Flush", "Extents"];
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut out = Vec::new();
+        let mut next_id = [1u64; 5];
+        let mut pending: Vec<(u64, u64, &str)> = Vec::new();
+        for i in 0..lines {
+            let mut line = match r.below(20) {
+                0 => String::new(),
+                1 => format!(
+                    "2026-11-21 10:{:02}:{:02}.{} ",
+                    i / 600 % 60,
+                    i / 10 % 60,
+                    "9".repeat(12 + r.below(10) as usize)
+                ),
+                2 => format!("2026-11-21 10:{:02}:{:02} ", i / 600 % 60, i / 10 % 60),
+                _ => format!(
+                    "2026-11-21 10:{:02}:{:02}.{:06} ",
+                    i / 600 % 60,
+                    i / 10 % 60,
+                    r.below(1_000_000)
+                ),
+            };
+            let c = r.below(5);
+            match r.below(100) {
+                0..=39 => {
+                    let op = OPS[r.below(7) as usize];
+                    let id = if r.below(30) == 0 && !pending.is_empty() {
+                        pending[r.below(pending.len() as u64) as usize].1
+                    } else {
+                        next_id[c as usize] += 1;
+                        next_id[c as usize] + r.below(3) * 1000
+                    };
+                    let args = match op {
+                        "Flush" => String::new(),
+                        "Write" => format!(
+                            "offset={:#x} count={:#x} fua={} ",
+                            r.below(1 << 30),
+                            r.below(1 << 20),
+                            r.below(2)
+                        ),
+                        _ => format!(
+                            "offset={:#x} count={:#x} ",
+                            r.below(1 << 30),
+                            r.below(1 << 20)
+                        ),
+                    };
+                    line += &format!("connection={c} {op} id={id} {args}...");
+                    pending.push((c, id, op));
+                }
+                40..=79 if !pending.is_empty() => {
+                    let (c, id, mut op) =
+                        pending.swap_remove(r.below(pending.len() as u64) as usize);
+                    if r.below(20) == 0 {
+                        op = OPS[r.below(7) as usize];
+                    }
+                    let ret = match r.below(15) {
+                        0 => " return=-1 error=EIO",
+                        1 => " return=-1",
+                        _ => " return=0",
+                    };
+                    line += &format!("connection={c} ...{op} id={id}{ret}");
+                }
+                40..=83 => line += &format!("connection={c} ...Read id={} return=0", r.below(50)),
+                84..=86 => line += &format!("connection={c} Disconnect transactions=3"),
+                87..=88 => {
+                    line += &format!(
+                        "connection={c} Connect export=\"a b\" tls=0 size={:#x} minsize=0x0",
+                        0x1000 * (1 + r.below(3))
+                    )
+                }
+                89 => line += "Ready thread_model=3",
+                90 => line += "garbage \u{0} \u{ff} ...",
+                91 => line += &format!("connection={c} Read id=5 offset=0x0 cou"),
+                92 => {
+                    line += &format!(
+                        "connection={c} Read id=5 offset=0xffffffffffffffff count=0x10 ..."
+                    )
+                }
+                93 => line += &format!("connection={c}\tRead id=6 offset=0x0 count=0x10 ..."),
+                94 => line += &format!("connection={c} ...Write id=7 retur"),
+                95 if long_lines => {
+                    let head = format!(
+                        "connection={c} Read id={} offset=0x0 count=0x1 ",
+                        100_000 + i
+                    );
+                    let len = [
+                        MAX_LINE - 1,
+                        MAX_LINE,
+                        MAX_LINE + 1,
+                        MAX_LINE + 7,
+                        3 * MAX_LINE,
+                    ][r.below(5) as usize];
+                    line = head;
+                    while line.len() + 4 < len {
+                        line.push(' ');
+                    }
+                    line.truncate(len.saturating_sub(4).max(line.len()));
+                    line += " ...";
+                    while line.len() < len {
+                        line.push('.');
+                    }
+                }
+                _ => line += &format!("connection={c} Flush id={} ...", 50_000 + i),
+            }
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(if r.below(10) == 0 { b"\r\n" } else { b"\n" });
+        }
+        out
+    }
+
+    /// Bytes changed, dropped and cut, as a damaged log would have them.
+    fn mutate(data: &[u8], seed: u64) -> Vec<u8> {
+        let mut r = Rng(seed | 1);
+        let mut d = data.to_vec();
+        let alphabet = b" \n\r\t.=x0123456789abcdefRWconid\"'";
+        for _ in 0..1 + r.below(6) {
+            if d.is_empty() {
+                break;
+            }
+            let at = r.below(d.len() as u64) as usize;
+            match r.below(3) {
+                0 => d[at] = alphabet[r.below(alphabet.len() as u64) as usize],
+                1 => {
+                    d.remove(at);
+                }
+                _ => d.truncate(at),
+            }
+        }
+        d
+    }
+
+    /// The parallel parser yields what the sequential one yields, line
+    /// numbers included, whatever the chunk size and worker count. Tiny
+    /// chunks cost a thread handoff per byte, so only small traces get them
+    /// (trace::tests checks the splitting alone on every size).
+    #[test]
+    fn parallel_agrees_with_sequential() {
+        let boot = include_bytes!("../../sample-maps/boot.nbdkit.log");
+        let mut small: Vec<Vec<u8>> = vec![
+            REAL.as_bytes().to_vec(),
+            boot[..boot.len() - 7].to_vec(),
+            Vec::new(),
+            b"\n".to_vec(),
+            b"\n\n\n".to_vec(),
+            b"connection=1 Read id=1 offset=0x0 count=0x200 ...".to_vec(),
+        ];
+        for seed in 0..3 {
+            let t = random_trace(seed, 50, false);
+            small.push(mutate(&t, seed));
+            small.push(t);
+        }
+        let mut large: Vec<Vec<u8>> = vec![
+            boot.to_vec(),
+            boot.iter()
+                .flat_map(|&b| {
+                    if b == b'\n' {
+                        b"\r\n".to_vec()
+                    } else {
+                        vec![b]
+                    }
+                })
+                .collect(),
+        ];
+        for seed in 3..15 {
+            let t = random_trace(seed, 300, false);
+            large.push(mutate(&t, seed));
+            large.push(t);
+        }
+        let mut requests = 0;
+        let mut problems = 0;
+        let mut check = |data: &[u8], sizes: &[usize], workers: &[usize]| {
+            let want = sequential(data);
+            for e in &want {
+                match e {
+                    Ok(Event::Request(_)) => requests += 1,
+                    Ok(Event::Warning { .. }) | Err(_) => problems += 1,
+                    Ok(Event::DiskSize { .. }) => {}
+                }
+            }
+            for &size in sizes {
+                for &w in workers {
+                    assert!(
+                        chunked(data, size, w) == want,
+                        "chunk {size}, {w} workers, over:\n{}",
+                        String::from_utf8_lossy(data)
+                    );
+                }
+            }
+        };
+        for data in &small {
+            check(data, &[1, 2, 3, 7], &[2]);
+            check(data, &[64], &[1, 2, 3]);
+        }
+        let sizes = [61, 4096, MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, 1 << 20];
+        for data in &large {
+            check(data, &sizes, &[1, 2, 3]);
+        }
+        assert!(requests > 2000 && problems > 500, "{requests} {problems}");
+    }
+
+    /// The same over traces with lines around MAX_LINE, cut anywhere.
+    #[test]
+    fn parallel_agrees_with_sequential_on_long_lines() {
+        let mut too_long = 0;
+        for seed in 0..4 {
+            let t = random_trace(100 + seed, 400, true);
+            for data in [mutate(&t, seed), t] {
+                let want = sequential(&data);
+                too_long += want
+                    .iter()
+                    .filter(|e| matches!(e, Err(m) if m.starts_with("LineTooLong")))
+                    .count();
+                for size in [1000, 4096, MAX_LINE, MAX_LINE + 1, 1 << 20] {
+                    assert!(chunked(&data, size, 2) == want, "seed {seed}, chunk {size}");
+                }
+            }
+        }
+        assert!(too_long > 10, "{too_long}");
+    }
+
+    /// Short bad lines, or very many requests, in one chunk: it is handed
+    /// over in parts of bounded size, with the same outcome.
+    #[test]
+    fn many_records_in_one_chunk() {
+        let mut bad = String::new();
+        for i in 0..3 * PART_OTHERS {
+            bad += "x\n";
+            if i % 1000 == 0 {
+                bad += &format!("connection=1 Read id={i} offset=0x0 count=0x1 ...\n");
+            }
+            if i % 1000 == 500 {
+                bad += &format!("connection=1 ...Read id={} return=0\n", i - 500);
+            }
+        }
+        let mut many = String::new();
+        for i in 0..PART + 5 {
+            many += &format!("connection=1 Flush id={i} ...\n");
+        }
+        many += "connection=1 ...Flush id=7 return=0\n";
+        for text in [bad, many] {
+            let data = text.as_bytes();
+            let mut window = Window::default();
+            let mut dates = DateCache::default();
+            let mut parts = Vec::new();
+            let last = parse_chunk(
+                data,
+                0,
+                8 << 20,
+                &mut window,
+                &mut dates,
+                Chunk::default,
+                &mut |c| {
+                    assert!(c.said.len() <= PART && c.others.len() <= PART_OTHERS);
+                    parts.push((c.count, matches!(c.end, End::Part)));
+                    true
+                },
+            );
+            assert_eq!(last, Some(true));
+            assert!(parts.len() >= 2, "{parts:?}");
+            assert!(parts[..parts.len() - 1].iter().all(|p| p.1) && !parts[parts.len() - 1].1);
+            let lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(parts.iter().map(|p| p.0).sum::<u64>(), lines);
+            let want = sequential(data);
+            assert!(chunked(data, 8 << 20, 2) == want);
+            assert!(chunked(data, 100_000, 3) == want);
+        }
+    }
+
+    /// A request and its completion in different chunks, however far apart,
+    /// and a line number that only the chunks before it can tell.
+    #[test]
+    fn pairs_across_chunks() {
+        let mut text = String::from("connection=1 Read id=1 offset=0x0 count=0x200 ...\n");
+        for i in 0..2000 {
+            text +=
+                &format!("connection=2 Flush id={i} ...\nconnection=2 ...Flush id={i} return=0\n");
+        }
+        text += "connection=1 ...Read id=1 return=-1 error=EIO\nbad\n";
+        let want = sequential(text.as_bytes());
+        assert_eq!(want.len(), 2002);
+        let r = req_of(&want[2000]);
+        assert_eq!((r.line, r.failed.as_deref()), (1, Some("EIO")));
+        assert!(
+            matches!(&want[2001], Err(m) if m.contains("line: 4003")),
+            "{:?}",
+            want[2001]
+        );
+        for size in [13, 100, 4096] {
+            assert!(chunked(text.as_bytes(), size, 2) == want, "chunk {size}");
+        }
+    }
+
+    fn req_of(e: &Result<Event, String>) -> &Request {
+        match e {
+            Ok(Event::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    /// A 5 MB line without a newline, alone or after a request: one error,
+    /// as from the sequential parser, and memory for a chunk and MAX_LINE.
+    #[test]
+    fn huge_line_without_newline() {
+        let mut data = b"connection=1 Read id=1 offset=0x0 count=0x200 ...\n".to_vec();
+        data.extend(std::iter::repeat_n(b'a', 5 << 20));
+        for d in [&data[..], &data[51..]] {
+            let want = sequential(d);
+            for size in [4096, MAX_LINE, 1 << 20] {
+                assert!(chunked(d, size, 2) == want, "chunk {size}");
+            }
+        }
+        let mut win = Window::default();
+        for k in 0..(5 << 20) / 4096 {
+            crate::trace::chunk_lines(&data[..], k, 4096, &mut win, |_, _| true).unwrap();
+        }
+        assert!(
+            win.buf.len() <= 4096 + MAX_LINE + 2 * crate::trace::SLACK,
+            "{}",
+            win.buf.len()
+        );
+    }
+
+    /// The cache's seconds are those of the line, not the floor of the
+    /// first timestamp it read (whose fraction may round it up).
+    #[test]
+    fn date_cache_depends_on_the_line_alone() {
+        let lines: [&[u8]; 3] = [
+            b"2026-11-21 10:54:19.99999999999999999 Fork",
+            b"2026-11-21 10:54:19.5 Fork",
+            b"2026-11-21 10:54:19 Fork",
+        ];
+        for first in lines {
+            for l in lines {
+                let mut cache = DateCache::default();
+                cache.timestamp(first).unwrap();
+                assert_eq!(cache.timestamp(l), timestamp(l));
+                let (secs, frac, _) = timestamp_parts(l).unwrap();
+                assert_eq!(timestamp(l).unwrap().0, secs as f64 + frac);
+            }
+        }
+        // The case the old cache got wrong: 1795258459 + 0.99999999999999999
+        // rounds to 1795258460.
+        let mut cache = DateCache::default();
+        assert_eq!(cache.timestamp(lines[0]).unwrap().0, 1_795_258_460.0);
+        assert_eq!(cache.timestamp(lines[1]).unwrap().0, 1_795_258_459.5);
+    }
+
+    /// The three-digit table changes no bit of the fraction.
+    #[test]
+    fn fraction_table_matches_the_digit_loop() {
+        fn by_digits(l: &[u8]) -> f64 {
+            let mut frac = 0.0;
+            let mut scale = 0.1;
+            for (i, &b) in l[1..].iter().enumerate() {
+                frac += f64::from(b - b'0') * scale;
+                scale = SCALES.get(i + 1).copied().unwrap_or(scale / 10.0);
+            }
+            frac
+        }
+        let mut r = Rng(7);
+        for len in 1..16 {
+            for _ in 0..3000 {
+                let mut l = vec![b'.'];
+                l.extend((0..len).map(|_| b'0' + r.below(10) as u8));
+                assert_eq!(
+                    fraction(&l).unwrap().0.to_bits(),
+                    by_digits(&l).to_bits(),
+                    "{l:?}"
+                );
+            }
+        }
+    }
+
+    /// A read error ends the parse with that error, then what is pending.
+    #[test]
+    fn read_error_is_fatal() {
+        struct Failing(Vec<u8>);
+        impl ReadAt for Failing {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                if offset + buf.len() as u64 > 3000 {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                self.0[..].read_at(buf, offset)
+            }
+        }
+        let mut text = String::new();
+        for i in 0..200 {
+            text += &format!("connection=1 Read id={i} offset=0x0 count=0x200 ...\n");
+        }
+        let ev: Vec<_> = parallel(Arc::new(Failing(text.into_bytes())), 512, 2)
+            .unwrap()
+            .collect();
+        let fatal: Vec<_> = ev
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e, Err(e) if e.is_fatal()))
+            .collect();
+        assert_eq!(fatal.len(), 1, "{ev:?}");
+        assert!(fatal[0]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("disk on fire"));
+        assert!(ev[fatal[0].0 + 1..]
+            .iter()
+            .all(|e| req(e).failed.as_deref() == Some(NO_COMPLETION)));
+    }
+
+    /// A worker's panic reaches the caller, as if the parse ran there.
+    #[test]
+    fn worker_panic_propagates() {
+        struct Panicking;
+        impl ReadAt for Panicking {
+            fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
+                panic!("worker blew up");
+            }
+        }
+        let p = std::panic::catch_unwind(|| parallel(Arc::new(Panicking), 64, 2).unwrap().count());
+        let msg = p.unwrap_err();
+        assert_eq!(msg.downcast_ref::<&str>(), Some(&"worker blew up"));
+    }
+
+    /// A caller that stops early does not wait for the rest of the trace:
+    /// the workers stop at their next chunk.
+    #[test]
+    fn early_stop_ends_the_workers() {
+        let mut text = String::new();
+        for i in 0..100_000 {
+            text += &format!("connection=1 Read id={i} offset=0x0 count=0x200 ...\nconnection=1 ...Read id={i} return=0\n");
+        }
+        let src: Arc<[u8]> = Arc::from(text.into_bytes());
+        let mut p = parallel(Arc::clone(&src), 4096, 2).unwrap();
+        assert!(p.next().is_some());
+        drop(p);
+        // The workers held the only other references to the trace.
+        assert_eq!(Arc::strong_count(&src), 1);
     }
 }
