@@ -12,6 +12,7 @@ use bmap::index::{self, IndexOptions};
 use bmap::units::{human, parse_range};
 use bmap::{query, store};
 
+mod allocator;
 mod plot_cmd;
 mod replay_cmd;
 mod serve_cmd;
@@ -19,6 +20,10 @@ mod space_cmd;
 mod sparsify_cmd;
 mod sql_cmd;
 mod tui_cmd;
+
+// Large tables on huge pages, buffers on cache lines: see the module.
+#[global_allocator]
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 /// Map every byte of a VM disk image to what lives there.
 #[derive(Debug, Parser)]

@@ -58,7 +58,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (conn, index)
         })
     };
-    let prepared = prepare(&args);
+    let mut prepared = prepare(&args);
+    // Parsing needs no map, so an nbdkit trace file starts being parsed
+    // while the map loads.
+    let early = prepared
+        .as_mut()
+        .ok()
+        .filter(|p| p.format == Format::Nbdkit && !args.store)
+        .and_then(|p| p.file.take())
+        .map(|file| parse_in_parallel(file, args.view == View::Log));
     let (conn, index) = match layout.join() {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -72,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         format,
         popts,
         stdin,
-        file,
+        file: _,
     } = prepared?;
     let trace_name = args.name.clone().unwrap_or_else(|| {
         args.trace
@@ -110,12 +118,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         input
     };
-    let events = match file {
-        Some(file) if format == Format::Nbdkit && trace_store.is_none() => {
-            parse_in_parallel(file, args.view == View::Log)
-                .with_context(|| format!("reading {}", args.trace.display()))?
-        }
-        _ => parse_in_background(format, BufReader::with_capacity(1 << 20, input), popts),
+    let events = match early {
+        Some(parsing) => parsing.with_context(|| format!("reading {}", args.trace.display()))?,
+        None => parse_in_background(format, BufReader::with_capacity(1 << 20, input), popts),
     };
     let opts = ReplayOptions {
         view: args.view,

@@ -262,6 +262,9 @@ impl ReadAt for [u8] {
 /// 300 bytes, so one read mostly does.
 const SLACK: usize = 1024;
 
+/// Bytes read before a chunk's start: a cache line, to keep reads aligned.
+const LEAD: usize = 64;
+
 /// Bytes read at a time past a chunk's end, for a line that runs on.
 /// (The chunk itself is read at once: fewer, larger reads cost less than
 /// parsing each piece while the cache holds it saves.)
@@ -367,16 +370,20 @@ pub(crate) fn chunk_lines<S: ReadAt + ?Sized>(
             last: true,
         });
     };
-    // From the byte before the chunk: a line begins at the chunk's start
-    // only if that byte ends one.
-    let base = start.saturating_sub(1);
-    let end = (start - base) as usize + size;
+    // A line begins at the chunk's start only if the byte before it ends
+    // one. The read starts a cache line early: copies from the page cache
+    // are several times quicker when the file offset and the buffer (see
+    // the allocator) are both aligned.
+    let base = start.saturating_sub(LEAD as u64);
+    let lead = (start - base) as usize;
+    let end = lead + size;
     win.reset(base);
     win.fill(src, end + SLACK)?;
     let mut p = if k == 0 {
         0
     } else {
-        win.find_newline(src, 0, end - 1)?.map_or(end, |i| i + 1)
+        win.find_newline(src, lead - 1, end - 1)?
+            .map_or(end, |i| i + 1)
     };
     let mut n = 0;
     while p < end {
@@ -549,8 +556,7 @@ mod tests {
             if end.last {
                 assert!(k.saturating_mul(size as u64) <= data.len() as u64);
                 for later in k + 1..k + 3 {
-                    let e = chunk_lines(data, later, size, &mut win, |_, _| panic!())
-                        .unwrap();
+                    let e = chunk_lines(data, later, size, &mut win, |_, _| panic!()).unwrap();
                     assert!(e.last && e.lines == 0);
                 }
                 break;
