@@ -95,20 +95,24 @@ impl MapIndex {
     /// usable one.
     pub fn load_packed(conn: &Connection) -> Result<Option<MapIndex>> {
         let image_size = image_size(conn)?;
-        let mut raw = Vec::new();
-        let Some(objects) = packed::load(conn, |s, e, o| raw.push((s, e, o)))? else {
-            return Ok(None);
-        };
-        let kinds = objects.kinds();
-        let segments = raw
-            .into_iter()
-            .map(|(start, end, owner)| Segment {
+        // The segments come before the objects in the blob, so their kinds
+        // are filled in after.
+        let mut segments = Vec::new();
+        let Some(objects) = packed::load(conn, |start, end, owner| {
+            segments.push(Segment {
                 start,
                 end,
                 owner,
-                kind: kinds.get(owner as usize).copied(),
+                kind: None,
             })
-            .collect();
+        })?
+        else {
+            return Ok(None);
+        };
+        let kinds = objects.kinds();
+        for seg in &mut segments {
+            seg.kind = kinds.get(seg.owner as usize).copied();
+        }
         let index = Self::from_parts(image_size, segments, kinds);
         let _ = index.objects.set(objects);
         Ok(Some(index))
@@ -800,16 +804,32 @@ fn warm(
     touched: &Touched,
     batch: &[Result<crate::trace::Event, crate::trace::TraceError>],
 ) {
-    let mut owners = [0u32; WARM_AHEAD];
-    for (e, owner) in batch.iter().zip(&mut owners) {
+    // In passes, each of whose loads depends on the pass before and not on
+    // one another: the bucket of each request's first byte, then the
+    // segments that bucket points to, then their owners' numbers.
+    let n = batch.len().min(WARM_AHEAD);
+    let mut at = [u64::MAX; WARM_AHEAD];
+    for (e, at) in batch.iter().zip(&mut at) {
         if let Ok(crate::trace::Event::Request(r)) = e {
-            if let Some(seg) = index.segments.get(index.first_ending_after(r.offset)) {
-                *owner = seg.owner;
-            }
+            *at = r.offset;
         }
     }
     let mut sum = 0u64;
-    for &o in &owners[..batch.len().min(WARM_AHEAD)] {
+    for &pos in &at[..n] {
+        let b = usize::try_from(pos >> index.shift).unwrap_or(usize::MAX);
+        sum = sum.wrapping_add(u64::from(index.buckets.get(b).copied().unwrap_or(0)));
+    }
+    std::hint::black_box(sum);
+    let mut owners = [0u32; WARM_AHEAD];
+    for (&pos, owner) in at[..n].iter().zip(&mut owners) {
+        if pos == u64::MAX {
+            continue;
+        }
+        if let Some(seg) = index.segments.get(index.first_ending_after(pos)) {
+            *owner = seg.owner;
+        }
+    }
+    for &o in &owners[..n] {
         sum = sum.wrapping_add(touched.requests_of(o));
     }
     std::hint::black_box(sum);

@@ -53,22 +53,96 @@ impl<'a> ObjectInfo<'a> {
     }
 }
 
-/// A byte range of the arena.
+/// A byte range of the arena, in 32-bit offsets: a row stays 40 bytes,
+/// which for millions of objects is memory and cache misses saved. An
+/// arena that would pass 4 GiB is refused as it is built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Span {
-    pub start: usize,
-    pub end: usize,
+    start: u32,
+    end: u32,
 }
 
-/// One object, its strings as spans of the arena.
+impl Span {
+    /// `None` past 4 GiB.
+    pub(crate) fn new(start: usize, end: usize) -> Option<Span> {
+        Some(Span {
+            start: u32::try_from(start).ok()?,
+            end: u32::try_from(end).ok()?,
+        })
+    }
+
+    pub(crate) fn start(self) -> usize {
+        self.start as usize
+    }
+
+    pub(crate) fn end(self) -> usize {
+        self.end as usize
+    }
+}
+
+/// One object, its strings as spans of the arena. Flags stand for the
+/// `Option`s, which would double its size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Row {
-    pub kind: Kind,
-    pub partition: Option<u32>,
-    pub size: Option<u64>,
-    pub name: Span,
-    pub device: Option<Span>,
-    pub path: Option<Span>,
+    size: u64,
+    name: Span,
+    device: Span,
+    path: Span,
+    partition: u32,
+    kind: Kind,
+    flags: u8,
+}
+
+const HAS_SIZE: u8 = 1;
+const HAS_PARTITION: u8 = 2;
+const HAS_DEVICE: u8 = 4;
+const HAS_PATH: u8 = 8;
+
+const _: () = assert!(std::mem::size_of::<Row>() == 40);
+
+impl Row {
+    pub(crate) fn new(
+        kind: Kind,
+        partition: Option<u32>,
+        size: Option<u64>,
+        name: Span,
+        device: Option<Span>,
+        path: Option<Span>,
+    ) -> Row {
+        let flag = |present: bool, f: u8| if present { f } else { 0 };
+        Row {
+            size: size.unwrap_or(0),
+            name,
+            device: device.unwrap_or_default(),
+            path: path.unwrap_or_default(),
+            partition: partition.unwrap_or(0),
+            kind,
+            flags: flag(size.is_some(), HAS_SIZE)
+                | flag(partition.is_some(), HAS_PARTITION)
+                | flag(device.is_some(), HAS_DEVICE)
+                | flag(path.is_some(), HAS_PATH),
+        }
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    fn size(&self) -> Option<u64> {
+        self.has(HAS_SIZE).then_some(self.size)
+    }
+
+    fn partition(&self) -> Option<u32> {
+        self.has(HAS_PARTITION).then_some(self.partition)
+    }
+
+    fn device(&self) -> Option<Span> {
+        self.has(HAS_DEVICE).then_some(self.device)
+    }
+
+    fn path(&self) -> Option<Span> {
+        self.has(HAS_PATH).then_some(self.path)
+    }
 }
 
 /// Objects indexed by `objects.id` (index 0 is unused, as the ids start
@@ -166,43 +240,40 @@ impl ObjectTable {
                 table.rows.resize(id + 1, Row::default());
             }
             let kind = cached_kind_at(r, 1, &mut last)?;
-            let name = table.push(str_at(r, 2)?);
+            let name = table.push(str_at(r, 2)?)?;
             let dev = match opt_str_at(r, 3)? {
                 None => None,
                 Some(d) => match device {
-                    Some(s) if table.strings.get(s.start..s.end) == Some(d) => device,
+                    Some(s) if table.strings.get(s.start()..s.end()) == Some(d) => device,
                     _ => {
-                        device = Some(table.push(d));
+                        device = Some(table.push(d)?);
                         device
                     }
                 },
             };
-            let path = opt_str_at(r, 4)?.map(|p| table.push(p));
-            table.rows[id] = Row {
+            let path = opt_str_at(r, 4)?.map(|p| table.push(p)).transpose()?;
+            table.rows[id] = Row::new(
                 kind,
-                name,
-                device: dev,
-                path,
-                partition: r.get(5)?,
-                size: r
-                    .get::<_, Option<i64>>(6)?
+                r.get(5)?,
+                r.get::<_, Option<i64>>(6)?
                     .and_then(|s| u64::try_from(s).ok()),
-            };
+                name,
+                dev,
+                path,
+            );
         }
         Ok(table)
     }
 
-    fn push(&mut self, s: &str) -> Span {
+    fn push(&mut self, s: &str) -> Result<Span> {
         let start = self.strings.len();
         self.strings.push_str(s);
-        Span {
-            start,
-            end: self.strings.len(),
-        }
+        Span::new(start, self.strings.len())
+            .ok_or_else(|| Error::Map("more than 4 GiB of object names".to_string()))
     }
 
     fn text(&self, s: Span) -> &str {
-        self.strings.get(s.start..s.end).unwrap_or("")
+        self.strings.get(s.start()..s.end()).unwrap_or("")
     }
 
     /// The object `id`; `None` for an id the map does not have.
@@ -211,10 +282,10 @@ impl ObjectTable {
         Some(ObjectInfo {
             kind: r.kind,
             name: self.text(r.name),
-            device: r.device.map(|s| self.text(s)),
-            path: r.path.map(|s| self.text(s)),
-            partition: r.partition,
-            size: r.size,
+            device: r.device().map(|s| self.text(s)),
+            path: r.path().map(|s| self.text(s)),
+            partition: r.partition(),
+            size: r.size(),
         })
     }
 
@@ -225,7 +296,7 @@ impl ObjectTable {
             u64::from(
                 self.strings
                     .as_bytes()
-                    .get(r.name.start)
+                    .get(r.name.start())
                     .copied()
                     .unwrap_or(0),
             )
@@ -250,12 +321,12 @@ impl ObjectTable {
     pub(crate) fn check(&self) -> Result<()> {
         let ok = |s: Span| {
             s.start <= s.end
-                && s.end <= self.strings.len()
-                && self.strings.is_char_boundary(s.start)
-                && self.strings.is_char_boundary(s.end)
+                && s.end() <= self.strings.len()
+                && self.strings.is_char_boundary(s.start())
+                && self.strings.is_char_boundary(s.end())
         };
         for (id, r) in self.rows.iter().enumerate() {
-            if !(ok(r.name) && r.device.is_none_or(ok) && r.path.is_none_or(ok)) {
+            if !(ok(r.name) && r.device().is_none_or(ok) && r.path().is_none_or(ok)) {
                 return Err(Error::Map(format!(
                     "packed object {id}: a name out of range"
                 )));

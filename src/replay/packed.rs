@@ -182,7 +182,7 @@ pub fn decode(
     let mut next = |len: u64| -> Option<Span> {
         let start = at;
         at = at.checked_add(usize::try_from(len).ok()?)?;
-        (at <= strings.len()).then_some(Span { start, end: at })
+        (at <= strings.len()).then_some(Span::new(start, at)?)
     };
     while !objects.is_empty() {
         let kind = *kinds.get(usize::from(take_byte(&mut objects)?))?;
@@ -207,31 +207,19 @@ pub fn decode(
             if !inside {
                 return next(len as u64).map(Some);
             }
-            let name_len = name.end - name.start;
-            (len <= name_len).then(|| {
-                Some(if prefix {
-                    Span {
-                        start: name.start,
-                        end: name.start + len,
-                    }
-                } else {
-                    Span {
-                        start: name.end - len,
-                        end: name.end,
-                    }
-                })
-            })
+            if len > name.end() - name.start() {
+                return None;
+            }
+            let span = if prefix {
+                Span::new(name.start(), name.start() + len)
+            } else {
+                Span::new(name.end() - len, name.end())
+            };
+            span.map(Some)
         };
         let device = inner(has(DEVICE), has(DEVICE_IN_NAME), true)?;
         let path = inner(has(PATH), has(PATH_IN_NAME), false)?;
-        rows.push(Row {
-            kind,
-            partition,
-            size,
-            name,
-            device,
-            path,
-        });
+        rows.push(Row::new(kind, partition, size, name, device, path));
     }
     let table = ObjectTable::from_parts(strings, rows);
     table.check().ok()?;
