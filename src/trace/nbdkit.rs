@@ -1440,7 +1440,7 @@ mod tests {
         events(Format::Nbdkit, text.as_bytes(), &ParseOptions::default()).collect()
     }
 
-    fn req(e: &Result<Event, TraceError>) -> &Request {
+    fn req<E: std::fmt::Debug>(e: &Result<Event, E>) -> &Request {
         match e {
             Ok(Event::Request(r)) => r,
             other => panic!("not a request: {other:?}"),
@@ -2008,7 +2008,7 @@ connection=1 ...Read id=1 return=0
         text += "connection=1 ...Read id=1 return=-1 error=EIO\nbad\n";
         let want = sequential(text.as_bytes());
         assert_eq!(want.len(), 2002);
-        let r = req_of(&want[2000]);
+        let r = req(&want[2000]);
         assert_eq!((r.line, r.failed.as_deref()), (1, Some("EIO")));
         assert!(
             matches!(&want[2001], Err(m) if m.contains("line: 4003")),
@@ -2017,13 +2017,6 @@ connection=1 ...Read id=1 return=0
         );
         for size in [13, 100, 4096] {
             assert!(chunked(text.as_bytes(), size, 2) == want, "chunk {size}");
-        }
-    }
-
-    fn req_of(e: &Result<Event, String>) -> &Request {
-        match e {
-            Ok(Event::Request(r)) => r,
-            other => panic!("not a request: {other:?}"),
         }
     }
 
