@@ -258,11 +258,16 @@ impl MapIndex {
     /// Splits `[offset, offset + length)` over the layout, calling `f` for
     /// each piece in order. Bytes past the image end form one last piece
     /// with no object.
-    pub fn split(&self, offset: u64, length: u64, mut f: impl FnMut(Piece)) {
+    pub fn split(&self, offset: u64, length: u64, f: impl FnMut(Piece)) {
+        self.split_from(None, offset, length, f);
+    }
+
+    /// [`MapIndex::split`], given `first_ending_after(offset)` if known.
+    fn split_from(&self, first: Option<usize>, offset: u64, length: u64, mut f: impl FnMut(Piece)) {
         let end = offset.saturating_add(length);
         let mut pos = offset;
         if pos < end && pos < self.image_size {
-            let mut i = self.first_ending_after(pos);
+            let mut i = first.unwrap_or_else(|| self.first_ending_after(pos));
             // Segments tile the image; a gap (hand-edited map) is skipped.
             while let Some(seg) = self.segments.get(i) {
                 if pos >= end || pos >= self.image_size {
@@ -654,8 +659,8 @@ pub fn run(
         if batch.is_empty() {
             break;
         }
-        warm(index, &touched, &batch);
-        for event in batch.drain(..) {
+        let firsts = warm(index, &touched, &batch);
+        for (event, first) in batch.drain(..).zip(firsts) {
             let event = match event {
                 Ok(e) => e,
                 Err(e) if e.is_fatal() => return Err(e.into()),
@@ -729,7 +734,7 @@ pub fn run(
             }
             let mut result: Result<(), ReplayError> = Ok(());
             let mut last_object = None;
-            index.split(r.offset, r.length, |p| {
+            index.split_from(first, r.offset, r.length, |p| {
                 if result.is_err() {
                     return;
                 }
@@ -803,36 +808,34 @@ fn warm(
     index: &MapIndex,
     touched: &Touched,
     batch: &[Result<crate::trace::Event, crate::trace::TraceError>],
-) {
+) -> [Option<usize>; WARM_AHEAD] {
     // In passes, each of whose loads depends on the pass before and not on
     // one another: the bucket of each request's first byte, then the
-    // segments that bucket points to, then their owners' numbers.
-    let n = batch.len().min(WARM_AHEAD);
-    let mut at = [u64::MAX; WARM_AHEAD];
+    // segments that bucket points to, then their owners' numbers. The
+    // segments found are handed back, so the split does not look again.
+    let mut at = [None; WARM_AHEAD];
     for (e, at) in batch.iter().zip(&mut at) {
         if let Ok(crate::trace::Event::Request(r)) = e {
-            *at = r.offset;
+            *at = Some(r.offset);
         }
     }
     let mut sum = 0u64;
-    for &pos in &at[..n] {
+    for &pos in at.iter().flatten() {
         let b = usize::try_from(pos >> index.shift).unwrap_or(usize::MAX);
         sum = sum.wrapping_add(u64::from(index.buckets.get(b).copied().unwrap_or(0)));
     }
-    std::hint::black_box(sum);
-    let mut owners = [0u32; WARM_AHEAD];
-    for (&pos, owner) in at[..n].iter().zip(&mut owners) {
-        if pos == u64::MAX {
-            continue;
-        }
-        if let Some(seg) = index.segments.get(index.first_ending_after(pos)) {
-            *owner = seg.owner;
+    let mut firsts = [None; WARM_AHEAD];
+    for (pos, first) in at.iter().zip(&mut firsts) {
+        if let Some(pos) = *pos {
+            let i = index.first_ending_after(pos);
+            *first = Some(i);
+            if let Some(seg) = index.segments.get(i) {
+                sum = sum.wrapping_add(touched.requests_of(seg.owner));
+            }
         }
     }
-    for &o in &owners[..n] {
-        sum = sum.wrapping_add(touched.requests_of(o));
-    }
     std::hint::black_box(sum);
+    firsts
 }
 
 /// Reads that landed on free space: usually stale data a tool scanned, or
