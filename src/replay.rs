@@ -637,7 +637,7 @@ pub struct Outcome {
 /// and, with `store`, the trace into the map.
 pub fn run(
     index: &MapIndex,
-    events: crate::trace::Events<'_>,
+    events: impl Iterator<Item = Result<crate::trace::Event, crate::trace::TraceError>>,
     opts: &ReplayOptions<'_>,
     out: &mut dyn std::io::Write,
     mut trace_store: Option<&mut crate::store::TraceStore>,

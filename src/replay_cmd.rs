@@ -120,7 +120,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let events = match early {
         Some(parsing) => parsing.with_context(|| format!("reading {}", args.trace.display()))?,
-        None => parse_in_background(format, BufReader::with_capacity(1 << 20, input), popts),
+        None => Source::Boxed(parse_in_background(
+            format,
+            BufReader::with_capacity(1 << 20, input),
+            popts,
+        )),
     };
     let opts = ReplayOptions {
         view: args.view,
@@ -132,7 +136,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    let outcome = match replay::run(&index, events, &opts, &mut out, trace_store.as_mut()) {
+    let replayed = match events {
+        // Its own copy of the replay loop, with the parser's code inlined
+        // into it: a call through a pointer per request costs more than
+        // the rest of the pairing.
+        Source::Parallel(p) => replay::run(&index, *p, &opts, &mut out, trace_store.as_mut()),
+        Source::Boxed(b) => replay::run(&index, b, &opts, &mut out, trace_store.as_mut()),
+    };
+    let outcome = match replayed {
         Ok(o) => o,
         Err(replay::ReplayError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             return Ok(ExitCode::SUCCESS)
@@ -297,21 +308,26 @@ const PARSE_WORKERS: usize = 2;
 /// own: that costs more in all, but is quicker when the caller has much
 /// else to do per request (writing the log view); measured on the 1M
 /// request benchmark, each way wins where it is used.
-fn parse_in_parallel(
-    file: std::fs::File,
-    pair_apart: bool,
-) -> std::io::Result<trace::Events<'static>> {
+fn parse_in_parallel(file: std::fs::File, pair_apart: bool) -> std::io::Result<Source> {
     let file = std::sync::Arc::new(file);
     if pair_apart {
-        return Ok(in_background(move || {
-            match trace::nbdkit::parallel(file, trace::nbdkit::CHUNK, PARSE_WORKERS) {
+        return Ok(Source::Boxed(in_background(
+            move || match trace::nbdkit::parallel(file, trace::nbdkit::CHUNK, PARSE_WORKERS) {
                 Ok(p) => Box::new(p),
                 Err(e) => Box::new(std::iter::once(Err(trace::TraceError::Io(e)))),
-            }
-        }));
+            },
+        )));
     }
     let parser = trace::nbdkit::parallel(file, trace::nbdkit::CHUNK, PARSE_WORKERS)?;
-    Ok(Box::new(parser))
+    Ok(Source::Parallel(Box::new(parser)))
+}
+
+/// Where the replay's events come from.
+enum Source {
+    /// The parallel nbdkit parser, paired on the replaying thread.
+    Parallel(Box<trace::nbdkit::Parallel>),
+    /// Any other parser, mostly on a thread of its own.
+    Boxed(trace::Events<'static>),
 }
 
 /// The only `*.bmap` in the current directory.
