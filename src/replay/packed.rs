@@ -40,16 +40,8 @@ const PATH: u8 = 8;
 const DEVICE_IN_NAME: u8 = 16;
 const PATH_IN_NAME: u8 = 32;
 
-/// One object as [`encode`] takes it.
-#[derive(Debug, Clone, Copy)]
-pub struct Object<'a> {
-    pub kind: Kind,
-    pub name: &'a str,
-    pub device: Option<&'a str>,
-    pub path: Option<&'a str>,
-    pub partition: Option<u32>,
-    pub size: Option<u64>,
-}
+/// One object as [`encode`] takes it: what replay reads back.
+pub use super::objects::ObjectInfo as Object;
 
 /// The columns of a `packed_map` row.
 #[derive(Debug, Default, PartialEq, Eq)]
