@@ -237,19 +237,22 @@ impl<R: BufRead> LineReader<R> {
 }
 
 /// Where the parallel parser reads a trace: at any offset, from any
-/// thread. A regular file, or bytes in memory.
-pub trait ReadAt: Send + Sync {
+/// thread. A regular file, or bytes in memory. Unlike
+/// [`crate::image::ReadAt`], which reads exact ranges of an image of known
+/// size, a read may come up short and a trace may grow while it is read,
+/// so the end is where a read returns 0.
+pub trait PositionalRead: Send + Sync {
     /// As [`std::os::unix::fs::FileExt::read_at`]: 0 at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
 }
 
-impl ReadAt for std::fs::File {
+impl PositionalRead for std::fs::File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         std::os::unix::fs::FileExt::read_at(self, buf, offset)
     }
 }
 
-impl ReadAt for [u8] {
+impl PositionalRead for [u8] {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let start = usize::try_from(offset).map_or(self.len(), |o| o.min(self.len()));
         let n = buf.len().min(self.len() - start);
@@ -290,7 +293,7 @@ impl Window {
     }
 
     /// Reads on until `want` bytes are held or the source ends.
-    fn fill<S: ReadAt + ?Sized>(&mut self, src: &S, want: usize) -> io::Result<()> {
+    fn fill<S: PositionalRead + ?Sized>(&mut self, src: &S, want: usize) -> io::Result<()> {
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
@@ -310,13 +313,13 @@ impl Window {
     }
 
     /// Reads [`STEP`] more, or up to `limit`.
-    fn grow<S: ReadAt + ?Sized>(&mut self, src: &S, limit: usize) -> io::Result<()> {
+    fn grow<S: PositionalRead + ?Sized>(&mut self, src: &S, limit: usize) -> io::Result<()> {
         let want = self.filled.saturating_add(STEP).min(limit);
         self.fill(src, want.max(self.filled + 1))
     }
 
     /// The first newline in `buf[from..upto]`, reading on as needed.
-    fn find_newline<S: ReadAt + ?Sized>(
+    fn find_newline<S: PositionalRead + ?Sized>(
         &mut self,
         src: &S,
         from: usize,
@@ -356,7 +359,7 @@ pub(crate) struct ChunkEnd {
 /// rest is skipped. Only the chunk, [`MAX_LINE`] and a little more are held
 /// whatever the line lengths: a too-long line is never read whole, and the
 /// chunks it spans find no line of their own with one scan each.
-pub(crate) fn chunk_lines<S: ReadAt + ?Sized>(
+pub(crate) fn chunk_lines<S: PositionalRead + ?Sized>(
     src: &S,
     k: u64,
     size: usize,

@@ -38,7 +38,8 @@ use std::io::{self, BufRead};
 use std::sync::{mpsc, Arc};
 
 use crate::trace::{
-    chunk_lines, ChunkEnd, Event, LineReader, Op, ReadAt, Request, TraceError, Window, MAX_LINE,
+    chunk_lines, ChunkEnd, Event, LineReader, Op, PositionalRead, Request, TraceError, Window,
+    MAX_LINE,
 };
 
 /// A quick hasher for the small integer keys of the in-flight table
@@ -640,7 +641,7 @@ const MAX_CHUNK: usize = 1 << 30;
 
 /// Parses the nbdkit trace in `src` with `workers` threads reading
 /// `chunk` bytes at a time. Memory depends on those, not on the trace.
-pub fn parallel<S: ReadAt + ?Sized + 'static>(
+pub fn parallel<S: PositionalRead + ?Sized + 'static>(
     src: Arc<S>,
     chunk: usize,
     workers: usize,
@@ -675,7 +676,7 @@ pub fn parallel<S: ReadAt + ?Sized + 'static>(
 
 /// A worker: chunks `first`, `first + stride`… until the last, or until
 /// the pairing stops listening.
-fn work<S: ReadAt + ?Sized>(
+fn work<S: PositionalRead + ?Sized>(
     src: &S,
     first: u64,
     stride: u64,
@@ -705,7 +706,7 @@ fn work<S: ReadAt + ?Sized>(
 
 /// Parses chunk `k`, handing its parts to `send`, each in a [`Chunk`]
 /// from `fresh`: whether it was the last (`None` if `send` failed).
-fn parse_chunk<S: ReadAt + ?Sized>(
+fn parse_chunk<S: PositionalRead + ?Sized>(
     src: &S,
     k: u64,
     size: usize,
@@ -2076,7 +2077,7 @@ connection=1 ...Read id=1 return=0
     #[test]
     fn read_error_is_fatal() {
         struct Failing(Vec<u8>);
-        impl ReadAt for Failing {
+        impl PositionalRead for Failing {
             fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
                 if offset + buf.len() as u64 > 3000 {
                     return Err(io::Error::other("disk on fire"));
@@ -2112,7 +2113,7 @@ connection=1 ...Read id=1 return=0
     #[test]
     fn worker_panic_propagates() {
         struct Panicking;
-        impl ReadAt for Panicking {
+        impl PositionalRead for Panicking {
             fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
                 panic!("worker blew up");
             }
