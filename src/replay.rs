@@ -189,10 +189,15 @@ impl MapIndex {
         }
     }
 
+    /// The bucket of byte `pos`; perhaps past the last one.
+    fn bucket_of(&self, pos: u64) -> usize {
+        usize::try_from(pos >> self.shift).unwrap_or(usize::MAX)
+    }
+
     /// The first segment ending after `pos`.
     fn first_ending_after(&self, pos: u64) -> usize {
         let segs = &self.segments;
-        let b = usize::try_from(pos >> self.shift).unwrap_or(usize::MAX);
+        let b = self.bucket_of(pos);
         let (lo, hi) = match self.buckets.get(b) {
             // The segment holding the next bucket's first byte ends after
             // `pos` too, so the answer is at most that one.
@@ -821,8 +826,8 @@ fn warm(
     }
     let mut sum = 0u64;
     for &pos in at.iter().flatten() {
-        let b = usize::try_from(pos >> index.shift).unwrap_or(usize::MAX);
-        sum = sum.wrapping_add(u64::from(index.buckets.get(b).copied().unwrap_or(0)));
+        let b = index.buckets.get(index.bucket_of(pos)).copied();
+        sum = sum.wrapping_add(u64::from(b.unwrap_or(0)));
     }
     let mut firsts = [None; WARM_AHEAD];
     for (pos, first) in at.iter().zip(&mut firsts) {
