@@ -183,8 +183,13 @@ impl Waiting {
         }
     }
 
+    /// The ring slot of request `id`.
+    fn slot(id: u64) -> usize {
+        (id % RING as u64) as usize
+    }
+
     fn get_mut(&mut self, id: u64) -> Option<&mut Pending> {
-        let i = id as usize % RING;
+        let i = Self::slot(id);
         if matches!(self.ring.get(i), Some(Some((held, _))) if *held == id) {
             return self.ring[i].as_mut().map(|(_, p)| p);
         }
@@ -200,7 +205,7 @@ impl Waiting {
             self.ring.resize(RING, None);
         }
         self.len += 1;
-        match self.ring.get_mut(id as usize % RING) {
+        match self.ring.get_mut(Self::slot(id)) {
             Some(slot @ None) => *slot = Some((id, p)),
             _ => {
                 self.spill.insert(id, p);
@@ -211,7 +216,7 @@ impl Waiting {
     /// Takes out request `id` if its op is `op`; else the request pending
     /// with that id, if any.
     fn complete(&mut self, id: u64, op: Op) -> Result<Pending, Option<Pending>> {
-        if let Some(slot) = self.ring.get_mut(id as usize % RING) {
+        if let Some(slot) = self.ring.get_mut(Self::slot(id)) {
             if let Some((held, p)) = slot {
                 if *held == id {
                     if p.op != op {
