@@ -82,11 +82,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stdin,
         file: _,
     } = prepared?;
-    let trace_name = args.name.clone().unwrap_or_else(|| {
-        args.trace
-            .file_name()
-            .map_or_else(|| "stdin".to_string(), |n| n.to_string_lossy().into_owned())
-    });
+    let trace_name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| match args.trace.file_name() {
+            Some(n) if !stdin => n.to_string_lossy().into_owned(),
+            _ => "stdin".to_string(),
+        });
     let mut trace_store = if args.store {
         if stdin {
             bail!("--store needs a trace file, not standard input");

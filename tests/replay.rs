@@ -1539,6 +1539,8 @@ fn stdin_trace_is_the_same_as_the_file() {
     let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(files_read(&b), expected(&p));
     assert_eq!(a["totals"], b["totals"]);
+    // Standard input is named as such, not by its command-line spelling.
+    assert_eq!(b["trace"], "stdin");
     // --store needs a file.
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bmap"));
     cmd.arg("replay")
