@@ -1236,27 +1236,27 @@ fn write_summary(
             // Each file's line takes a few cache misses (its numbers, its
             // row, its name, all at random places): the lines are made by
             // as many threads as there are cores, a block at a time, and
-            // written in order.
+            // written in order. Each thread keeps its buffer from block to
+            // block: a fresh one would be paged in (and zeroed) anew.
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            let mut texts = vec![String::new(); threads];
             for block in touched.order.chunks(1 << 15) {
                 let parts: Vec<&[u32]> = block.chunks(block.len().div_ceil(threads)).collect();
-                let texts: Vec<String> = if parts.len() > 1 && block.len() >= 4096 {
+                let used = &mut texts[..parts.len()];
+                if parts.len() > 1 && block.len() >= 4096 {
                     std::thread::scope(|scope| {
-                        let handles: Vec<_> = parts[1..]
-                            .iter()
-                            .map(|ids| scope.spawn(|| file_lines(index, touched, ids, first_time)))
-                            .collect();
-                        let mut texts = vec![file_lines(index, touched, parts[0], first_time)];
-                        for h in handles {
-                            texts.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                        let (first, rest) = used.split_at_mut(1);
+                        for (text, ids) in rest.iter_mut().zip(&parts[1..]) {
+                            scope.spawn(move || file_lines(text, index, touched, ids, first_time));
                         }
-                        texts
-                    })
+                        file_lines(&mut first[0], index, touched, parts[0], first_time);
+                    });
                 } else {
-                    vec![file_lines(index, touched, block, first_time)]
-                };
-                for t in texts {
-                    out.write_all(t.as_bytes())?;
+                    file_lines(&mut used[0], index, touched, block, first_time);
+                    used[1..].iter_mut().for_each(String::clear);
+                }
+                for text in used.iter() {
+                    out.write_all(text.as_bytes())?;
                 }
             }
             writeln!(out, "\nbytes by kind:")?;
@@ -1284,21 +1284,35 @@ fn write_summary(
     Ok(())
 }
 
-/// Appends `s` right-aligned in `width` columns, as `{:>width}` does.
+/// Appends `s` right-aligned in `width` columns, as `{:>width}` does for
+/// ASCII text (every cell of the summary's numbers is).
 fn push_right(out: &mut String, s: &str, width: usize) {
-    for _ in s.chars().count()..width {
-        out.push(' ');
+    debug_assert!(s.is_ascii());
+    const SPACES: &str = "                ";
+    let mut pad = width.saturating_sub(s.len());
+    while pad > 0 {
+        let n = pad.min(SPACES.len());
+        out.push_str(&SPACES[..n]);
+        pad -= n;
     }
     out.push_str(s);
 }
 
-/// The summary's lines for the files among `ids`.
-fn file_lines(index: &MapIndex, touched: &Touched, ids: &[u32], first_time: Option<f64>) -> String {
-    use crate::units::{push_fixed, push_human, push_u64};
-    let mut text = String::with_capacity(ids.len() * 100);
-    // One reused buffer per column: this runs once per file.
+/// The summary's lines for the files among `ids`, in place of `text`'s.
+fn file_lines(
+    text: &mut String,
+    index: &MapIndex,
+    touched: &Touched,
+    ids: &[u32],
+    first_time: Option<f64>,
+) {
+    use crate::units::{push_fixed, push_human};
+    text.clear();
+    text.reserve(ids.len() * 100);
+    // One reused buffer for the cells that are not plain numbers: this
+    // runs once per file.
     let mut cell = String::with_capacity(32);
-    let mut num = String::with_capacity(32);
+    let mut num = itoa::Buffer::new();
     for group in ids.chunks(WARM_AHEAD) {
         // As in `warm`: fetch the group's numbers and rows at once.
         let mut sum = 0u64;
@@ -1321,30 +1335,26 @@ fn file_lines(index: &MapIndex, touched: &Touched, ids: &[u32], first_time: Opti
                 }
                 None => cell.push('-'),
             }
-            num.clear();
-            push_u64(&mut num, row.first_seq);
-            push_right(&mut text, &num, 8);
+            push_right(text, num.format(row.first_seq), 8);
             text.push(' ');
-            push_right(&mut text, &cell, 12);
+            push_right(text, &cell, 12);
             text.push(' ');
-            num.clear();
-            push_u64(&mut num, row.requests);
-            push_right(&mut text, &num, 8);
+            push_right(text, num.format(row.requests), 8);
             text.push(' ');
             cell.clear();
             push_human(&mut cell, row.bytes_read);
-            push_right(&mut text, &cell, 10);
+            push_right(text, &cell, 10);
             text.push(' ');
             cell.clear();
             match row.percent_read {
                 Some(p) => push_fixed(&mut cell, p, 1),
                 None => cell.push('-'),
             }
-            push_right(&mut text, &cell, 7);
+            push_right(text, &cell, 7);
             text.push(' ');
             cell.clear();
             push_human(&mut cell, row.reread_bytes);
-            push_right(&mut text, &cell, 10);
+            push_right(text, &cell, 10);
             text.push_str("  ");
             text.push_str(row.device.unwrap_or(""));
             text.push(' ');
@@ -1355,7 +1365,6 @@ fn file_lines(index: &MapIndex, touched: &Touched, ids: &[u32], first_time: Opti
             text.push('\n');
         }
     }
-    text
 }
 
 fn write_boot_list(

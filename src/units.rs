@@ -72,20 +72,8 @@ pub fn push_human(out: &mut String, bytes: u64) {
 }
 
 /// Appends `n` in decimal.
-pub fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
+pub fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `v` with `prec` decimals, exactly as `format!("{v:.prec$}")`
@@ -124,12 +112,10 @@ pub fn push_fixed(out: &mut String, v: f64, prec: usize) {
                 push_u64(out, r / p);
                 if prec > 0 {
                     out.push('.');
-                    let f = r % p;
-                    let mut scale = p / 10;
-                    while scale > 0 {
-                        out.push(char::from(b'0' + ((f / scale) % 10) as u8));
-                        scale /= 10;
-                    }
+                    // With `p` added, the fraction's digits are all there
+                    // after a leading 1, its zeros included.
+                    let mut buf = itoa::Buffer::new();
+                    out.push_str(&buf.format(r % p + p)[1..]);
                 }
                 return;
             }
