@@ -61,7 +61,15 @@ fn put(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads one LEB128 integer; `None` past the end or beyond 64 bits.
+#[inline]
 fn take(buf: &mut &[u8]) -> Option<u64> {
+    // Most integers here (owners' deltas, lengths, kinds) fit in one byte.
+    if let Some((&b, rest)) = buf.split_first() {
+        if b < 0x80 {
+            *buf = rest;
+            return Some(u64::from(b));
+        }
+    }
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let (&b, rest) = buf.split_first()?;
