@@ -1009,7 +1009,10 @@ fn parse_line(l: &[u8], n: u64, cache: &mut DateCache) -> Result<Parsed, TraceEr
 /// overflowing number, a failure) is `None`, and [`parse_rest`] decides:
 /// what this returns is what [`parse_rest`] would.
 fn quick(time: Option<f64>, rest: &[u8], n: u64) -> Option<Parsed> {
-    let rest = strip(trim_start(rest), b"connection=")?;
+    // One space follows the timestamp; more, or a tab, is for the general
+    // path.
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    let rest = strip(rest, b"connection=")?;
     let (connection, rest) = decimal_then_space(rest)?;
     let connection = Some(connection);
     if let Some(done) = strip(rest, b"...") {
