@@ -370,6 +370,7 @@ impl Touched {
         }
     }
 
+    #[inline]
     fn entry(&mut self, o: u32, seq: u64, time: Option<f64>) -> &mut ObjectStats {
         let st = match self.by_id.get_mut(o as usize) {
             Some(st) => st,
@@ -656,6 +657,8 @@ pub fn run(
     let mut seq = 0u64;
     // The streaming log keeps nothing per object, so its memory stays flat.
     let keep_stats = opts.view != View::Log || trace_store.is_some();
+    // Only the log prints pieces: the other views skip the call.
+    let logging = opts.view == View::Log;
     let mut touched = Touched::with_objects(if keep_stats { index.object_count() } else { 0 });
     let mut events = events;
     let mut batch = Vec::with_capacity(WARM_AHEAD);
@@ -773,8 +776,10 @@ pub fn run(
                         return;
                     }
                 }
-                if let Err(e) = log.piece(index, seq, &r, &p) {
-                    result = Err(e);
+                if logging {
+                    if let Err(e) = log.piece(index, seq, &r, &p) {
+                        result = Err(e);
+                    }
                 }
             });
             result?;
