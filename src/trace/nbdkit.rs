@@ -1352,37 +1352,36 @@ const POW10: [f64; 16] = {
 /// double of seconds since 1970 and are only checked.
 #[inline]
 fn fraction(l: &[u8]) -> Option<(f64, &[u8])> {
-    // nbdkit writes 6 digits: the eight bytes after the dot are looked at
-    // at once, and if a non-digit is among them, the digits before it are
-    // read in a few multiplications.
-    if let (Some(b'.'), Some(word)) = (l.first(), l.get(1..9)) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        if let Some((v, count)) = short_digits(u64::from_le_bytes(w)) {
-            let after = 1 + count;
-            return match l.get(after) {
-                None | Some(b' ' | b'\t') => Some((v as f64 / POW10[count], &l[after..])),
-                _ => None,
-            };
-        }
-    }
     let mut i = 0;
     let mut frac = 0.0;
     if l.first() == Some(&b'.') {
-        i = 1;
-        let mut v = 0u64;
-        while let Some(&b) = l.get(i) {
-            let d = b.wrapping_sub(b'0');
-            if d >= 10 || i > 15 {
-                break;
+        // nbdkit writes 6 digits: the eight bytes after the dot are looked
+        // at at once, and digit by digit only if all eight are digits.
+        let (v, count) = match l.get(1..9).and_then(short_digits) {
+            // A non-digit follows these: no more digits to skip.
+            Some((v, count)) => {
+                i = 1 + count;
+                (v, count)
             }
-            v = v * 10 + u64::from(d);
-            i += 1;
-        }
-        frac = v as f64 / POW10[i - 1];
-        while l.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
+            None => {
+                let mut v = 0u64;
+                let mut n = 0;
+                while let Some(&b) = l.get(1 + n) {
+                    let d = b.wrapping_sub(b'0');
+                    if d >= 10 || n >= 15 {
+                        break;
+                    }
+                    v = v * 10 + u64::from(d);
+                    n += 1;
+                }
+                i = 1 + n;
+                while l.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                (v, n)
+            }
+        };
+        frac = v as f64 / POW10[count];
     }
     match l.get(i) {
         None | Some(b' ' | b'\t') => Some((frac, &l[i..])),
@@ -1390,11 +1389,12 @@ fn fraction(l: &[u8]) -> Option<(f64, &[u8])> {
     }
 }
 
-/// The decimal number that the digits at the start of `w` (eight bytes,
-/// the first lowest) spell, and how many they are, if fewer than eight:
-/// `None` if all eight are digits.
+/// The decimal number that the digits at the start of `bytes` (eight of
+/// them) spell, and how many they are, if fewer than eight: `None` if all
+/// eight are digits.
 #[inline]
-fn short_digits(w: u64) -> Option<(u64, usize)> {
+fn short_digits(bytes: &[u8]) -> Option<(u64, usize)> {
+    let w = u64::from_le_bytes(bytes.try_into().ok()?);
     // Each digit becomes its value; any other byte gets its top bit set in
     // `odd`. A carry out of a byte that is not a digit can only spoil the
     // bytes after it, which are not looked at.
