@@ -1246,20 +1246,18 @@ fn write_summary(
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
             let mut texts = vec![String::new(); threads];
             for block in touched.order.chunks(1 << 15) {
-                let parts: Vec<&[u32]> = block.chunks(block.len().div_ceil(threads)).collect();
-                let used = &mut texts[..parts.len()];
-                if parts.len() > 1 && block.len() >= 4096 {
-                    std::thread::scope(|scope| {
-                        let (first, rest) = used.split_at_mut(1);
-                        for (text, ids) in rest.iter_mut().zip(&parts[1..]) {
-                            scope.spawn(move || file_lines(text, index, touched, ids, first_time));
-                        }
-                        file_lines(&mut first[0], index, touched, parts[0], first_time);
-                    });
-                } else {
-                    file_lines(&mut used[0], index, touched, block, first_time);
-                    used[1..].iter_mut().for_each(String::clear);
+                let mut parts: Vec<&[u32]> = block.chunks(block.len().div_ceil(threads)).collect();
+                if block.len() < 4096 {
+                    parts = vec![block];
                 }
+                let used = &mut texts[..parts.len()];
+                std::thread::scope(|scope| {
+                    let (first, rest) = used.split_at_mut(1);
+                    for (text, ids) in rest.iter_mut().zip(&parts[1..]) {
+                        scope.spawn(move || file_lines(text, index, touched, ids, first_time));
+                    }
+                    file_lines(&mut first[0], index, touched, parts[0], first_time);
+                });
                 for text in used.iter() {
                     out.write_all(text.as_bytes())?;
                 }
