@@ -8,6 +8,7 @@
 //! per request is streamed, and what the views keep grows with the number
 //! of objects touched, never with the length of the trace.
 
+pub mod fused;
 pub mod objects;
 pub mod packed;
 
@@ -393,6 +394,66 @@ impl Touched {
         self.by_id.get(o as usize).or_else(|| self.unknown.get(&o))
     }
 
+    fn slot(&mut self, o: u32) -> &mut ObjectStats {
+        match self.by_id.get_mut(o as usize) {
+            Some(st) => st,
+            None => self.unknown.entry(o).or_default(),
+        }
+    }
+
+    /// Adds in `other`'s numbers, as if one table had seen the requests
+    /// of both in order of their sequence numbers (no request is in both).
+    fn absorb(&mut self, mut other: Touched) {
+        let first_in = |t: &Touched, o: u32| t.get(o).map_or(0, |s| s.first_seq);
+        // Both orders are by first access: merged, each object keeps the
+        // place of its earlier first access.
+        let (mine, theirs) = (&self.order, &other.order);
+        let mut order = Vec::with_capacity(mine.len() + theirs.len());
+        let (mut i, mut j) = (0, 0);
+        while i < mine.len() || j < theirs.len() {
+            let a = mine.get(i).map(|&o| (o, first_in(self, o)));
+            let b = theirs.get(j).map(|&o| (o, first_in(&other, o)));
+            let (o, at, elsewhere) = match (a, b) {
+                (Some((o, x)), Some((_, y))) if x <= y => {
+                    i += 1;
+                    (o, x, first_in(&other, o))
+                }
+                (Some((o, x)), None) => {
+                    i += 1;
+                    (o, x, first_in(&other, o))
+                }
+                (_, Some((o, y))) => {
+                    j += 1;
+                    (o, y, first_in(self, o))
+                }
+                (None, None) => break,
+            };
+            if elsewhere == 0 || at < elsewhere {
+                order.push(o);
+            }
+        }
+        for &o in &other.order {
+            let theirs = match other.by_id.get_mut(o as usize) {
+                Some(st) => std::mem::take(st),
+                None => other.unknown.remove(&o).unwrap_or_default(),
+            };
+            let st = self.slot(o);
+            if st.first_seq == 0 {
+                *st = theirs;
+                continue;
+            }
+            if theirs.first_seq < st.first_seq {
+                st.first_seq = theirs.first_seq;
+                st.first_time = theirs.first_time;
+            }
+            st.requests += theirs.requests;
+            st.bytes_read += theirs.bytes_read;
+            st.bytes_written += theirs.bytes_written;
+            st.coverage.absorb(&theirs.coverage);
+        }
+        self.order = order;
+    }
+
     /// Objects in order of first access.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &ObjectStats)> {
         self.order.iter().filter_map(|&o| Some((o, self.get(o)?)))
@@ -435,6 +496,20 @@ impl Coverage {
         let new = add_range(&mut ranges, start, end);
         self.many = Some(ranges);
         new
+    }
+
+    /// Adds every range of `other`.
+    fn absorb(&mut self, other: &Coverage) {
+        match &other.many {
+            Some(ranges) => {
+                for &(s, e) in ranges.iter() {
+                    self.add(s, e);
+                }
+            }
+            None => {
+                self.add(other.one.0, other.one.1);
+            }
+        }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -597,6 +672,25 @@ pub struct Warnings {
 
 impl Warnings {
     const KEEP: usize = 20;
+
+    /// Notes an event that is not a request: a warning of the parser, or
+    /// a disk size that is not the map's.
+    pub(crate) fn note(&mut self, index: &MapIndex, event: crate::trace::Event) {
+        use crate::trace::Event;
+        match event {
+            Event::Request(_) => {}
+            Event::DiskSize { line, size } => {
+                if size != index.image_size {
+                    self.push(format!(
+                        "line {line}: the traced disk has {size} bytes but the map's image has {}; is this the right map?",
+                        index.image_size
+                    ));
+                }
+            }
+            Event::Warning { line, message } => self.push(format!("line {line}: {message}")),
+        }
+    }
+
     pub fn push(&mut self, message: String) {
         self.count += 1;
         if self.first.len() < Self::KEEP {
@@ -651,13 +745,11 @@ pub fn run(
     use crate::trace::Event;
     let mut outcome = Outcome::default();
     let mut log = LogState::new(opts, out)?;
-    let mut kind_bytes = [(0u64, 0u64); GROUPS.len()];
-    let mut free_reads = FreeReads::default();
     let mut bad_lines = 0u64;
     let mut seq = 0u64;
     // The streaming log keeps nothing per object, so its memory stays flat.
     let keep_stats = opts.view != View::Log || trace_store.is_some();
-    let mut touched = Touched::with_objects(if keep_stats { index.object_count() } else { 0 });
+    let mut tally = Tally::new(index, keep_stats);
     let mut events = events;
     let mut batch = Vec::with_capacity(WARM_AHEAD);
     loop {
@@ -665,7 +757,7 @@ pub fn run(
         if batch.is_empty() {
             break;
         }
-        let firsts = warm(index, &touched, &batch);
+        let firsts = warm(index, &tally.touched, &batch);
         for (event, first) in batch.drain(..).zip(firsts) {
             let event = match event {
                 Ok(e) => e,
@@ -681,17 +773,8 @@ pub fn run(
             };
             let r = match event {
                 Event::Request(r) => r,
-                Event::DiskSize { line, size } => {
-                    if size != index.image_size {
-                        outcome.warnings.push(format!(
-                            "line {line}: the traced disk has {size} bytes but the map's image has {}; is this the right map?",
-                            index.image_size
-                        ));
-                    }
-                    continue;
-                }
-                Event::Warning { line, message } => {
-                    outcome.warnings.push(format!("line {line}: {message}"));
+                other => {
+                    outcome.warnings.note(index, other);
                     continue;
                 }
             };
@@ -706,35 +789,17 @@ pub fn run(
                 ));
             }
             let mut store = trace_store.as_deref_mut().filter(|_| storable);
-            let t = &mut outcome.totals;
-            t.requests += 1;
-            if r.time.is_some() {
-                t.first_time = t.first_time.or(r.time);
-                t.last_time = r.time;
-            }
+            let moves_data = tally.request(seq, r.time, r.op, r.length, r.failed.is_some());
             if let Some(err) = &r.failed {
-                t.failed += 1;
                 if let Some(s) = store.as_mut() {
                     s.request(seq, r.time, r.op.as_str(), r.offset, r.length, Some(err))?;
                 }
                 log.failed(seq, &r, err)?;
                 continue;
             }
-            match r.op {
-                Op::Read => {
-                    t.reads += 1;
-                    t.bytes_read += r.length;
-                }
-                Op::Write | Op::Zero | Op::Trim => {
-                    t.writes += 1;
-                    t.bytes_written += r.length;
-                }
-                _ => t.other += 1,
-            }
             if let Some(s) = store.as_mut() {
                 s.request(seq, r.time, r.op.as_str(), r.offset, r.length, None)?;
             }
-            let moves_data = matches!(r.op, Op::Read | Op::Write | Op::Zero | Op::Trim);
             if !moves_data {
                 continue;
             }
@@ -744,30 +809,7 @@ pub fn run(
                 if result.is_err() {
                     return;
                 }
-                let kind = p.kind;
-                let entry = &mut kind_bytes[kind_group(kind)];
-                if r.op == Op::Read {
-                    entry.0 += p.length;
-                } else {
-                    entry.1 += p.length;
-                }
-                if r.op == Op::Read && kind == Some(Kind::Free) {
-                    free_reads.add(seq, p.disk_offset, p.length);
-                }
-                let mut new_bytes = 0;
-                if let (Some(o), true) = (p.object, keep_stats) {
-                    let st = touched.entry(o, seq, r.time);
-                    if last_object != Some(o) {
-                        st.requests += 1;
-                    }
-                    if r.op == Op::Read {
-                        st.bytes_read += p.length;
-                        new_bytes = st.coverage.add(p.disk_offset, p.disk_offset + p.length);
-                    } else {
-                        st.bytes_written += p.length;
-                    }
-                    last_object = Some(o);
-                }
+                let new_bytes = tally.piece(seq, r.time, r.op, &p, &mut last_object);
                 if let Some(s) = store.as_mut() {
                     if let Err(e) = s.piece(seq, p.object, p.length, new_bytes) {
                         result = Err(e.into());
@@ -783,6 +825,19 @@ pub fn run(
     }
     log.finish()?;
     let out = log.into_out()?;
+    outcome.totals = tally.totals.clone();
+    write_view(index, opts, out, &outcome, &tally)?;
+    Ok(outcome)
+}
+
+/// Writes the summary or the boot list (the log is written as it goes).
+pub fn write_view(
+    index: &MapIndex,
+    opts: &ReplayOptions<'_>,
+    out: &mut dyn std::io::Write,
+    outcome: &Outcome,
+    tally: &Tally,
+) -> Result<(), ReplayError> {
     if opts.view != View::Log {
         index.objects()?;
     }
@@ -792,14 +847,185 @@ pub fn run(
             index,
             opts,
             out,
-            &outcome,
-            &touched,
-            &kind_bytes,
-            &free_reads,
+            outcome,
+            &tally.touched,
+            &tally.kind_bytes,
+            &tally.free_reads,
         )?,
-        View::BootList => write_boot_list(index, opts, out, &touched)?,
+        View::BootList => write_boot_list(index, opts, out, &tally.touched)?,
     }
-    Ok(outcome)
+    Ok(())
+}
+
+/// What the views count, request by request: the totals, bytes per kind
+/// and per object, reads of free space. A replay of one thread has one;
+/// the parallel replay has one per worker, joined by [`Tally::absorb`].
+pub struct Tally {
+    pub(crate) totals: Totals,
+    pub(crate) kind_bytes: [(u64, u64); GROUPS.len()],
+    pub(crate) free_reads: FreeReads,
+    pub(crate) touched: Touched,
+    keep_stats: bool,
+    /// The sequence numbers of the first and last requests with a time:
+    /// `totals.first_time` and `last_time` are theirs.
+    first_timed: u64,
+    last_timed: u64,
+}
+
+impl Tally {
+    pub(crate) fn new(index: &MapIndex, keep_stats: bool) -> Self {
+        Tally::with_objects(
+            if keep_stats { index.object_count() } else { 0 },
+            keep_stats,
+        )
+    }
+
+    /// A tally whose objects' numbers are kept in a hash table: for one
+    /// that sees few requests.
+    pub(crate) fn sparse() -> Self {
+        Tally::with_objects(0, true)
+    }
+
+    fn with_objects(n: usize, keep_stats: bool) -> Self {
+        Tally {
+            totals: Totals::default(),
+            kind_bytes: [(0, 0); GROUPS.len()],
+            free_reads: FreeReads::default(),
+            touched: Touched::with_objects(n),
+            keep_stats,
+            first_timed: 0,
+            last_timed: 0,
+        }
+    }
+
+    /// Counts request `seq` in the totals: whether its bytes are to be
+    /// attributed, piece by piece (it did not fail, and moves data).
+    #[inline]
+    pub(crate) fn request(
+        &mut self,
+        seq: u64,
+        time: Option<f64>,
+        op: Op,
+        length: u64,
+        failed: bool,
+    ) -> bool {
+        let t = &mut self.totals;
+        t.requests += 1;
+        if time.is_some() {
+            if t.first_time.is_none() {
+                t.first_time = time;
+                self.first_timed = seq;
+            }
+            t.last_time = time;
+            self.last_timed = seq;
+        }
+        if failed {
+            t.failed += 1;
+            return false;
+        }
+        match op {
+            Op::Read => {
+                t.reads += 1;
+                t.bytes_read += length;
+            }
+            Op::Write | Op::Zero | Op::Trim => {
+                t.writes += 1;
+                t.bytes_written += length;
+            }
+            _ => t.other += 1,
+        }
+        matches!(op, Op::Read | Op::Write | Op::Zero | Op::Trim)
+    }
+
+    /// Counts piece `p` of request `seq`; `last_object` is the object of
+    /// the request's piece before (`None` for its first). Returns how many
+    /// of the piece's bytes were read for the first time.
+    #[inline]
+    pub(crate) fn piece(
+        &mut self,
+        seq: u64,
+        time: Option<f64>,
+        op: Op,
+        p: &Piece,
+        last_object: &mut Option<u32>,
+    ) -> u64 {
+        let kind = p.kind;
+        let entry = &mut self.kind_bytes[kind_group(kind)];
+        if op == Op::Read {
+            entry.0 += p.length;
+        } else {
+            entry.1 += p.length;
+        }
+        if op == Op::Read && kind == Some(Kind::Free) {
+            self.free_reads.add(seq, p.disk_offset, p.length);
+        }
+        let mut new_bytes = 0;
+        if let (Some(o), true) = (p.object, self.keep_stats) {
+            let st = self.touched.entry(o, seq, time);
+            if *last_object != Some(o) {
+                st.requests += 1;
+            }
+            if op == Op::Read {
+                st.bytes_read += p.length;
+                new_bytes = st.coverage.add(p.disk_offset, p.disk_offset + p.length);
+            } else {
+                st.bytes_written += p.length;
+            }
+            *last_object = Some(o);
+        }
+        new_bytes
+    }
+
+    /// Renumbers the requests counted: `seq` becomes `renumber(seq)`,
+    /// which must keep their order.
+    pub(crate) fn renumber(&mut self, renumber: impl Fn(u64) -> u64) {
+        let t = &mut self.touched;
+        for &o in &t.order {
+            if let Some(st) = t.by_id.get_mut(o as usize) {
+                st.first_seq = renumber(st.first_seq);
+            }
+        }
+        for st in t.unknown.values_mut() {
+            st.first_seq = renumber(st.first_seq);
+        }
+        for f in &mut self.free_reads.first {
+            f.0 = renumber(f.0);
+        }
+        if self.totals.first_time.is_some() {
+            self.first_timed = renumber(self.first_timed);
+            self.last_timed = renumber(self.last_timed);
+        }
+    }
+
+    /// Adds in the counts of `other`, whose requests are none of this
+    /// one's: as if one tally had seen both tallies' requests in order of
+    /// their sequence numbers.
+    pub(crate) fn absorb(&mut self, other: Tally) {
+        let (t, o) = (&mut self.totals, &other.totals);
+        t.requests += o.requests;
+        t.reads += o.reads;
+        t.writes += o.writes;
+        t.other += o.other;
+        t.failed += o.failed;
+        t.bytes_read += o.bytes_read;
+        t.bytes_written += o.bytes_written;
+        if o.first_time.is_some() {
+            if t.first_time.is_none() || other.first_timed < self.first_timed {
+                t.first_time = o.first_time;
+                self.first_timed = other.first_timed;
+            }
+            if t.last_time.is_none() || other.last_timed > self.last_timed {
+                t.last_time = o.last_time;
+                self.last_timed = other.last_timed;
+            }
+        }
+        for (mine, theirs) in self.kind_bytes.iter_mut().zip(other.kind_bytes) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+        self.free_reads.absorb(other.free_reads);
+        self.touched.absorb(other.touched);
+    }
 }
 
 /// Requests looked at ahead of their turn by [`warm`].
@@ -856,13 +1082,24 @@ pub struct FreeReads {
 }
 
 impl FreeReads {
+    /// Adds in `other`'s reads, none of which are this one's requests.
+    fn absorb(&mut self, other: FreeReads) {
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+        self.first.extend(other.first);
+        self.first.sort_by_key(|f| f.0);
+        self.first.truncate(Self::KEEP);
+    }
+
+    const KEEP: usize = 10;
+
     fn add(&mut self, seq: u64, offset: u64, length: u64) {
         if self.last_seq != seq {
             self.requests += 1;
             self.last_seq = seq;
         }
         self.bytes += length;
-        if self.first.len() < 10 {
+        if self.first.len() < Self::KEEP {
             self.first.push((seq, offset, length));
         }
     }

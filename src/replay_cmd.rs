@@ -59,19 +59,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
     };
     let mut prepared = prepare(&args);
-    // Parsing needs no map, so an nbdkit trace file starts being parsed
-    // while the map loads.
-    let early = prepared
+    let load = || -> anyhow::Result<(rusqlite::Connection, MapIndex)> {
+        let (conn, index) = match layout.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        Ok((
+            conn,
+            index.with_context(|| format!("loading {}", map_path.display()))?,
+        ))
+    };
+    // The summary and the boot list of an nbdkit trace file are counted
+    // on every core while the map loads (see `replay::fused`); a trace
+    // that needs it, and every other, is replayed in order.
+    let counting = prepared
         .as_mut()
         .ok()
-        .filter(|p| p.format == Format::Nbdkit && !args.store)
-        .and_then(|p| p.file.take())
-        .map(|file| parse_in_parallel(file, args.view == View::Log));
-    let (conn, index) = match layout.join() {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
+        .filter(|p| args.view != View::Log && !args.store && p.format == Format::Nbdkit)
+        .and_then(|p| p.file.take());
+    let mut early = None;
+    let (conn, index, counted) = match counting {
+        Some(file) => {
+            let mut conn = None;
+            let c = replay::fused::count(&file, PARSE_WORKERS, replay::fused::CHUNK, || {
+                load().map(|(c, index)| {
+                    conn = Some(c);
+                    index
+                })
+            })?;
+            if c.tally.is_none() {
+                early = Some(parse_in_parallel(file, false));
+            }
+            let conn = conn.context("the map's connection")?;
+            (conn, c.index, c.tally)
+        }
+        None => {
+            // Parsing needs no map, so an nbdkit trace file starts being
+            // parsed while the map loads.
+            early = prepared
+                .as_mut()
+                .ok()
+                .filter(|p| p.format == Format::Nbdkit && !args.store)
+                .and_then(|p| p.file.take())
+                .map(|file| parse_in_parallel(file, args.view == View::Log));
+            let (conn, index) = load()?;
+            (conn, index, None)
+        }
     };
-    let index = index.with_context(|| format!("loading {}", map_path.display()))?;
     // The process ends soon after the replay: freeing hundreds of
     // thousands of names one by one would only cost time.
     let index = std::mem::ManuallyDrop::new(index);
@@ -120,14 +154,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         input
     };
-    let events = match early {
-        Some(parsing) => parsing.with_context(|| format!("reading {}", args.trace.display()))?,
-        None => Source::Boxed(parse_in_background(
-            format,
-            BufReader::with_capacity(1 << 20, input),
-            popts,
-        )),
-    };
     let opts = ReplayOptions {
         view: args.view,
         output: args.output,
@@ -138,12 +164,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    let replayed = match events {
-        // Its own copy of the replay loop, with the parser's code inlined
-        // into it: a call through a pointer per request costs more than
-        // the rest of the pairing.
-        Source::Parallel(p) => replay::run(&index, *p, &opts, &mut out, trace_store.as_mut()),
-        Source::Boxed(b) => replay::run(&index, b, &opts, &mut out, trace_store.as_mut()),
+    let replayed = match counted {
+        Some((outcome, tally)) => {
+            replay::write_view(&index, &opts, &mut out, &outcome, &tally).map(|()| outcome)
+        }
+        None => {
+            let events = match early {
+                Some(parsing) => {
+                    parsing.with_context(|| format!("reading {}", args.trace.display()))?
+                }
+                None => Source::Boxed(parse_in_background(
+                    format,
+                    BufReader::with_capacity(1 << 20, input),
+                    popts,
+                )),
+            };
+            match events {
+                // Its own copy of the replay loop, with the parser's code
+                // inlined into it: a call through a pointer per request
+                // costs more than the rest of the pairing.
+                Source::Parallel(p) => {
+                    replay::run(&index, *p, &opts, &mut out, trace_store.as_mut())
+                }
+                Source::Boxed(b) => replay::run(&index, b, &opts, &mut out, trace_store.as_mut()),
+            }
+        }
     };
     let outcome = match replayed {
         Ok(o) => o,

@@ -37,6 +37,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, BufRead};
 use std::sync::{mpsc, Arc};
 
+pub mod paired;
+
 use crate::trace::{
     chunk_lines, ChunkEnd, Event, LineReader, Op, PositionalRead, Request, TraceError, Window,
     MAX_LINE,
@@ -242,6 +244,28 @@ impl Waiting {
         }
     }
 
+    /// Whether a request with an id in `lo..=hi` is pending.
+    fn any_between(&self, lo: u64, hi: u64) -> bool {
+        self.len > 0
+            && (self
+                .ring
+                .iter()
+                .flatten()
+                .any(|(id, _)| (lo..=hi).contains(id))
+                || self.spill.keys().any(|id| (lo..=hi).contains(id)))
+    }
+
+    /// Everything pending, taken out with its id.
+    fn drain_with_ids(&mut self, into: &mut Vec<(u64, Pending)>) {
+        if self.len == 0 {
+            return;
+        }
+        let in_ring = self.len - self.spill.len();
+        into.extend(self.ring.iter_mut().filter_map(Option::take).take(in_ring));
+        into.extend(self.spill.drain());
+        self.len = 0;
+    }
+
     /// Everything pending, taken out.
     fn drain(&mut self, into: &mut Vec<Pending>) {
         let in_ring = self.len - self.spill.len();
@@ -306,6 +330,26 @@ impl InFlight {
             }
         }
         left
+    }
+
+    /// Whether a request on `connection` with an id in `lo..=hi` is
+    /// pending.
+    fn any_between(&self, connection: Option<u64>, lo: u64, hi: u64) -> bool {
+        let waiting = match connection {
+            Some(c) if c < SMALL_CONNECTIONS => self.small.get(c as usize),
+            _ => self.other.get(&connection),
+        };
+        waiting.is_some_and(|w| w.any_between(lo, hi))
+    }
+
+    /// Everything pending, taken out with its id.
+    fn drain_with_ids(&mut self, into: &mut Vec<(u64, Pending)>) {
+        for w in &mut self.small {
+            w.drain_with_ids(into);
+        }
+        for (_, mut w) in self.other.drain() {
+            w.drain_with_ids(into);
+        }
     }
 
     fn drain(&mut self) -> Vec<Pending> {

@@ -1,0 +1,472 @@
+//! The summary and the boot list of an nbdkit trace file, counted on
+//! every core.
+//!
+//! The other replay parses on worker threads but pairs and attributes
+//! every request on one thread, which bounds its speed. Here each worker
+//! pairs its own chunks of the trace (see [`paired`]) and attributes the
+//! requests that complete within them into a [`Tally`] of its own; the
+//! calling thread only joins what crosses chunk boundaries — a few
+//! requests per chunk — and attributes those. The tallies are then added
+//! up, each request renumbered to its place in the sequential order, so
+//! that the views print exactly what the sequential replay prints.
+//!
+//! A trace the joiner cannot place exactly (bad lines, reused ids, a read
+//! error…) makes [`count`] return no tally, and the caller replays it the
+//! sequential way, which reports what is wrong with it.
+//!
+//! [`paired`]: crate::trace::nbdkit::paired
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Condvar, Mutex, OnceLock};
+
+use super::{MapIndex, Outcome, Tally};
+use crate::trace::nbdkit::paired::{ChunkPairer, Joiner, Local, PairedChunk};
+use crate::trace::{Event, PositionalRead};
+
+/// Bytes of the trace a worker pairs at a time: some 13,000 lines, whose
+/// requests nearly all complete within the chunk.
+pub const CHUNK: usize = 1 << 20;
+
+/// Chunks a worker may have paired ahead of the joiner.
+const AHEAD: usize = 3;
+
+/// The order key of local event `r` of chunk `k`: increasing with `(k,
+/// r)`, never 0 (a tally's "not touched").
+fn key(k: u64, r: usize) -> u64 {
+    ((k << 32) | r as u64) + 1
+}
+
+/// What the caller gets: the loaded map and, unless the trace needs the
+/// sequential replay, what it counted.
+pub struct Counted {
+    pub index: MapIndex,
+    pub tally: Option<(Outcome, Tally)>,
+}
+
+/// The map, once the caller has it: workers pair chunks while it loads,
+/// and wait for it to attribute them.
+struct Gate {
+    /// `None` while loading; then whether the map is there.
+    state: Mutex<Option<bool>>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn open(&self, loaded: bool) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+        self.changed.notify_all();
+    }
+
+    fn peek(&self) -> Option<bool> {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(loaded) = *state {
+                return loaded;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// What a worker leaves: its tally (none if it attributed nothing) and
+/// the last chunk it attributed.
+struct Left {
+    tally: Option<Tally>,
+    last_chunk: Option<u64>,
+}
+
+/// Counts the nbdkit trace in `src` with `workers` threads while `load`
+/// loads the map on the calling thread; the map's loading error is
+/// returned as it is.
+pub fn count<S, E>(
+    src: &S,
+    workers: usize,
+    chunk: usize,
+    load: impl FnOnce() -> Result<MapIndex, E>,
+) -> Result<Counted, E>
+where
+    S: PositionalRead + ?Sized,
+{
+    let workers = workers.max(1);
+    let slot = OnceLock::new();
+    let gate = Gate {
+        state: Mutex::new(None),
+        changed: Condvar::new(),
+    };
+    let stop = AtomicBool::new(false);
+    let tally = std::thread::scope(|scope| {
+        let mut chunks = Vec::with_capacity(workers);
+        let mut spent = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (chunk_tx, chunk_rx) = mpsc::sync_channel(AHEAD);
+            let (spent_tx, spent_rx) = mpsc::channel();
+            let (slot, gate, stop) = (&slot, &gate, &stop);
+            let pace = Pace {
+                first: w as u64,
+                stride: workers as u64,
+                chunk: chunk.max(1),
+            };
+            handles
+                .push(scope.spawn(move || work(src, pace, slot, gate, stop, &chunk_tx, &spent_rx)));
+            chunks.push(chunk_rx);
+            spent.push(spent_tx);
+        }
+        let index = match load() {
+            Ok(index) => index,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                gate.open(false);
+                return Err(e);
+            }
+        };
+        let index = slot.get_or_init(|| index);
+        gate.open(true);
+        let joined = join(index, &chunks, &spent);
+        // Workers past the last chunk stop at their next send.
+        stop.store(true, Ordering::Relaxed);
+        drop(chunks);
+        let mut lefts = Vec::with_capacity(workers);
+        for h in handles {
+            match h.join() {
+                Ok(left) => lefts.push(left),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(joined.and_then(|j| j.add_up(lefts)))
+    })?;
+    let Some(index) = slot.into_inner() else {
+        unreachable!("the map is loaded before the tally is made")
+    };
+    Ok(Counted { index, tally })
+}
+
+/// Which chunks a worker takes: `first`, `first + stride`…, of `chunk`
+/// bytes.
+#[derive(Clone, Copy)]
+struct Pace {
+    first: u64,
+    stride: u64,
+    chunk: usize,
+}
+
+/// A worker: pairs its chunks, attributes their local requests once the
+/// map is there, and hands each chunk to the joiner, until the trace ends
+/// or nobody listens.
+fn work<S: PositionalRead + ?Sized>(
+    src: &S,
+    pace: Pace,
+    slot: &OnceLock<MapIndex>,
+    gate: &Gate,
+    stop: &AtomicBool,
+    chunks: &mpsc::SyncSender<PairedChunk>,
+    spent: &mpsc::Receiver<PairedChunk>,
+) -> Left {
+    let mut pairer = ChunkPairer::default();
+    let mut left = Left {
+        tally: None,
+        last_chunk: None,
+    };
+    // Chunks paired while the map loads, not attributed yet.
+    let mut early: Vec<(u64, PairedChunk)> = Vec::new();
+    let mut k = pace.first;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return left;
+        }
+        let mut c = spent.try_recv().unwrap_or_default();
+        // A read error is the sequential replay's to report.
+        if pairer.pair(src, k, pace.chunk, &mut c).is_err() {
+            c.odd = true;
+        }
+        let ends = c.last || c.odd;
+        early.push((k, c));
+        let loaded = match gate.peek() {
+            Some(loaded) => loaded,
+            None if early.len() < AHEAD && !ends => {
+                k += pace.stride;
+                continue;
+            }
+            None => gate.wait(),
+        };
+        let Some(index) = slot.get().filter(|_| loaded) else {
+            return left;
+        };
+        let tally = left.tally.get_or_insert_with(|| Tally::new(index, true));
+        for (k, c) in early.drain(..) {
+            if !c.odd && c.lines > 0 {
+                attribute(index, tally, k, &c.local);
+                left.last_chunk = Some(k);
+            }
+            if chunks.send(c).is_err() {
+                return left;
+            }
+        }
+        if ends {
+            return left;
+        }
+        match k.checked_add(pace.stride) {
+            Some(next) => k = next,
+            None => return left,
+        }
+    }
+}
+
+/// Counts chunk `k`'s local events, numbered by [`key`].
+fn attribute(index: &MapIndex, tally: &mut Tally, k: u64, local: &[Local]) {
+    for (r, ev) in local.iter().enumerate() {
+        let seq = key(k, r);
+        let time = ev.time();
+        if tally.request(seq, time, ev.op, ev.length, ev.failed) {
+            let mut last_object = None;
+            index.split(ev.offset, ev.length, |p| {
+                tally.piece(seq, time, ev.op, &p, &mut last_object);
+            });
+        }
+    }
+}
+
+/// What the joiner made of the chunks: the requests that crossed chunk
+/// boundaries, counted, and where they fall among the local ones.
+struct Joined {
+    outcome: Outcome,
+    tally: Tally,
+    /// Per chunk: the sequence number of the request before its first,
+    /// and the ranks its joined requests come before (see [`key`]).
+    chunks: Vec<(u64, Vec<u32>)>,
+    last_chunk: u64,
+}
+
+/// Takes in the chunks in order; `None` if the trace needs the
+/// sequential replay.
+fn join(
+    index: &MapIndex,
+    chunks: &[mpsc::Receiver<PairedChunk>],
+    spent: &[mpsc::Sender<PairedChunk>],
+) -> Option<Joined> {
+    let mut joiner = Joiner::default();
+    let mut joined = Joined {
+        outcome: Outcome::default(),
+        tally: Tally::sparse(),
+        chunks: Vec::new(),
+        last_chunk: 0,
+    };
+    let mut events = Vec::new();
+    // Requests before the current chunk.
+    let mut seq = 0u64;
+    for k in 0u64.. {
+        let w = (k % chunks.len() as u64) as usize;
+        // A worker stops without its chunk only if it panicked; its
+        // panic is raised when it is joined.
+        let mut c = chunks[w].recv().ok()?;
+        if !joiner.join(&mut c, &mut events) {
+            return None;
+        }
+        let mut ranks = Vec::new();
+        for (rank, item) in events.drain(..) {
+            match item.ok()? {
+                Event::Request(r) => {
+                    let at = seq + u64::from(rank) + ranks.len() as u64 + 1;
+                    ranks.push(rank);
+                    joined.count(index, at, &r);
+                }
+                other => joined.outcome.warnings.note(index, other),
+            }
+        }
+        let before = seq;
+        seq += c.local.len() as u64 + ranks.len() as u64;
+        joined.chunks.push((before, ranks));
+        let last = c.last;
+        // The worker may have stopped: its buffers are not needed then.
+        let _ = spent[w].send(c);
+        if last {
+            joined.last_chunk = k;
+            break;
+        }
+    }
+    for item in joiner.finish() {
+        if let Event::Request(r) = item.ok()? {
+            seq += 1;
+            joined.count(index, seq, &r);
+        }
+    }
+    Some(joined)
+}
+
+impl Joined {
+    fn count(&mut self, index: &MapIndex, seq: u64, r: &crate::trace::Request) {
+        let tally = &mut self.tally;
+        if tally.request(seq, r.time, r.op, r.length, r.failed.is_some()) {
+            let mut last_object = None;
+            index.split(r.offset, r.length, |p| {
+                tally.piece(seq, r.time, r.op, &p, &mut last_object);
+            });
+        }
+    }
+
+    /// The sequence number of the request [`key`] `key` stands for.
+    fn seq_of(&self, key: u64) -> u64 {
+        let k = (key - 1) >> 32;
+        let r = (key - 1) & 0xffff_ffff;
+        let Some((before, ranks)) = self.chunks.get(k as usize) else {
+            return key;
+        };
+        let joined_before = ranks.partition_point(|&b| u64::from(b) <= r);
+        before + r + joined_before as u64 + 1
+    }
+
+    /// Adds the workers' tallies to the joiner's; `None` if a worker
+    /// counted a chunk past the trace's end (the file grew meanwhile).
+    fn add_up(mut self, lefts: Vec<Left>) -> Option<(Outcome, Tally)> {
+        let mut total: Option<Tally> = None;
+        for left in lefts {
+            let Some(mut tally) = left.tally else {
+                continue;
+            };
+            if left.last_chunk.is_some_and(|k| k > self.last_chunk) {
+                return None;
+            }
+            tally.renumber(|key| self.seq_of(key));
+            match &mut total {
+                Some(t) => t.absorb(tally),
+                None => total = Some(tally),
+            }
+        }
+        let tally = match total {
+            Some(mut t) => {
+                t.absorb(std::mem::replace(&mut self.tally, Tally::sparse()));
+                t
+            }
+            None => self.tally,
+        };
+        self.outcome.totals = tally.totals.clone();
+        Some((self.outcome, tally))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::Kind;
+    use crate::replay::objects::{ObjectTable, Row, Span};
+    use crate::replay::{OutputFormat, ReplayOptions, Segment, View};
+    use crate::trace::nbdkit::paired::test_trace;
+    use crate::trace::{events, Format, ParseOptions};
+
+    /// A 64 KiB disk: an inode table, a file in two pieces, a directory,
+    /// free space, another file, and the rest of the disk; an object id
+    /// (7) the object table lacks, as in a hand-edited map.
+    fn index() -> MapIndex {
+        let objects = [
+            (Kind::Disk, "/dev/sda", None),
+            (Kind::File, "/dev/sda /a", Some(30_000)),
+            (Kind::Directory, "/dev/sda /d", Some(4096)),
+            (Kind::Free, "free", None),
+            (Kind::InodeTable, "inode table", None),
+            (Kind::File, "/dev/sda /d/b", Some(9000)),
+        ];
+        let mut strings = String::new();
+        let mut rows = vec![Row::default()];
+        let mut kinds = vec![Kind::default()];
+        for (kind, name, size) in objects {
+            let span = |s: &str, at: usize| Span::new(at, at + s.len());
+            let at = strings.len();
+            strings += name;
+            let (device, path) = match name.split_once(' ') {
+                Some((d, p)) => (span(d, at), span(p, at + d.len() + 1)),
+                None => (None, None),
+            };
+            let name = span(name, at).unwrap_or_default();
+            rows.push(Row::new(kind, None, size, name, device, path));
+            kinds.push(kind);
+        }
+        let seg = |start, end, owner: u32| Segment {
+            start,
+            end,
+            owner,
+            kind: kinds.get(owner as usize).copied(),
+        };
+        let segments = vec![
+            seg(0, 4096, 5),
+            seg(4096, 20_000, 2),
+            seg(20_000, 24_000, 3),
+            seg(24_000, 30_000, 4),
+            seg(30_000, 40_000, 6),
+            seg(40_000, 50_000, 2),
+            seg(50_000, 52_000, 7),
+            seg(52_000, 65_536, 1),
+        ];
+        let index = MapIndex::from_parts(65_536, segments, kinds);
+        let _ = index.objects.set(ObjectTable::from_parts(strings, rows));
+        index
+    }
+
+    /// The view as the sequential replay writes it, and its warnings.
+    fn sequential(data: &[u8], opts: &ReplayOptions<'_>) -> (Vec<u8>, String) {
+        let mut out = Vec::new();
+        let parsed = events(Format::Nbdkit, data, &ParseOptions::default());
+        let outcome = crate::replay::run(&index(), parsed, opts, &mut out, None).unwrap();
+        (out, format!("{:?}", outcome.warnings))
+    }
+
+    /// The same, counted in parallel; `None` if it needs the sequential
+    /// replay.
+    fn parallel(
+        data: &[u8],
+        opts: &ReplayOptions<'_>,
+        workers: usize,
+        chunk: usize,
+    ) -> Option<(Vec<u8>, String)> {
+        let counted = count(data, workers, chunk, || Ok::<_, ()>(index())).unwrap();
+        let (outcome, tally) = counted.tally?;
+        let mut out = Vec::new();
+        crate::replay::write_view(&counted.index, opts, &mut out, &outcome, &tally).unwrap();
+        Some((out, format!("{:?}", outcome.warnings)))
+    }
+
+    /// Whatever the chunk size and the number of workers, the summary and
+    /// the boot list are what the sequential replay writes, byte for
+    /// byte, and so are the warnings; or the trace is handed back.
+    #[test]
+    fn counts_agree_with_the_sequential_replay() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let (mut same, mut handed_back) = (0, 0);
+        for seed in 0..24 {
+            let data = test_trace(seed, 600);
+            for (view, output) in [
+                (View::Summary, OutputFormat::Text),
+                (View::Summary, OutputFormat::Json),
+                (View::BootList, OutputFormat::Csv),
+            ] {
+                let opts = ReplayOptions {
+                    view,
+                    output,
+                    verbose: false,
+                    trace_name: "t",
+                    format: Format::Nbdkit,
+                    conn: &conn,
+                };
+                let want = sequential(&data, &opts);
+                for (workers, chunk) in [(1, 97), (2, 500), (3, 2000), (2, 1 << 20)] {
+                    match parallel(&data, &opts, workers, chunk) {
+                        Some(got) => {
+                            assert!(
+                                got == want,
+                                "seed {seed}, {workers} workers, chunk {chunk}:\n{}\n---\n{}",
+                                String::from_utf8_lossy(&got.0),
+                                String::from_utf8_lossy(&want.0)
+                            );
+                            same += 1;
+                        }
+                        None => handed_back += 1,
+                    }
+                }
+            }
+        }
+        assert!(same > 150 && handed_back > 20, "{same} {handed_back}");
+    }
+}

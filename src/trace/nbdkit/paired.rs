@@ -1,0 +1,459 @@
+//! Pairing an nbdkit trace chunk by chunk, on many threads at once.
+//!
+//! Nearly every request of a trace completes a few lines after it was
+//! issued, in the same chunk: such a pair does not depend on anything
+//! outside the chunk, so a worker can pair it — and the caller attribute
+//! it — without waiting for the chunks before. What does depend on them
+//! is little: completions whose request lies in an earlier chunk,
+//! disconnects, `Connect` lines, and requests still open at the chunk's
+//! end. A worker hands those over in a [`PairedChunk`], and a [`Joiner`]
+//! takes them in chunk order through the same [`Pairing`] the sequential
+//! parser uses, so the events that cross chunks are exactly its events.
+//!
+//! A chunk the joiner cannot place exactly — a bad line, a request id
+//! reused within the chunk or colliding with one still open from before,
+//! a completion whose op does not match its request, more requests in
+//! flight than [`MAX_PENDING`] allows — is refused; the caller then
+//! replays the trace the sequential way, which reports all of those.
+//!
+//! Every event, local or not, has a place in the order of the sequential
+//! parser: a local event is the `r`-th of its chunk, and an event the
+//! joiner yields for a chunk comes after the chunk's first `rank` local
+//! events and before the next one (see [`Joiner::join`]).
+
+use std::io;
+
+use super::{parse_line, DateCache, InFlight, Pairing, Parsed, Pending, MAX_PENDING};
+use crate::trace::{chunk_lines, Event, Op, PositionalRead, TraceError, Window};
+
+/// A request of a chunk that completed in the same chunk (or was cut off
+/// by a disconnect there): all that attributing it needs. 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Local {
+    /// Seconds; NaN when the request line had no timestamp.
+    pub time: f64,
+    pub offset: u64,
+    pub length: u64,
+    pub op: Op,
+    /// It failed, or never completed before its connection closed.
+    pub failed: bool,
+}
+
+impl Local {
+    fn of(p: &Pending, failed: bool) -> Self {
+        Local {
+            time: if p.has_time { p.time } else { f64::NAN },
+            offset: p.offset,
+            length: p.length,
+            op: p.op,
+            failed,
+        }
+    }
+
+    pub fn time(&self) -> Option<f64> {
+        (!self.time.is_nan()).then_some(self.time)
+    }
+}
+
+/// What one chunk of the trace says, paired as far as the chunk allows.
+/// Its buffers are kept from chunk to chunk.
+#[derive(Default)]
+pub struct PairedChunk {
+    /// Its local events, in the order the sequential parser yields them.
+    pub local: Vec<Local>,
+    /// Lines for the joiner, in order: the number of local events before
+    /// each, its line in the chunk (from 1), what it says.
+    edges: Vec<(u32, u64, Parsed)>,
+    /// Requests open at the chunk's end, by line: their ids and requests
+    /// (lines in the chunk).
+    open: Vec<(u64, Pending)>,
+    /// Per connection, the least and greatest id of a request line.
+    ids: Vec<(Option<u64>, u64, u64)>,
+    /// Requests in flight within the chunk at most.
+    most_pending: usize,
+    /// Lines that began in the chunk.
+    pub lines: u64,
+    /// Something the joiner cannot place exactly (see the module's notes).
+    pub odd: bool,
+    /// The trace ends in this chunk.
+    pub last: bool,
+}
+
+impl PairedChunk {
+    fn clear(&mut self) {
+        self.local.clear();
+        self.edges.clear();
+        self.open.clear();
+        self.ids.clear();
+        self.most_pending = 0;
+        self.lines = 0;
+        self.odd = false;
+        self.last = false;
+    }
+
+    fn saw_request(&mut self, connection: Option<u64>, id: u64) {
+        // Few connections are active in one chunk: a short scan, the
+        // last one found first.
+        if let Some(e) = self.ids.iter_mut().rev().find(|e| e.0 == connection) {
+            e.1 = e.1.min(id);
+            e.2 = e.2.max(id);
+        } else {
+            self.ids.push((connection, id, id));
+        }
+    }
+
+    /// Local events of a line that yields several (a disconnect), in
+    /// the order of their request lines.
+    fn push_cut_off(&mut self, mut left: Vec<Pending>) {
+        left.sort_by_key(|p| p.line);
+        self.local.extend(left.iter().map(|p| Local::of(p, true)));
+    }
+}
+
+/// A worker's state across the chunks it pairs.
+#[derive(Default)]
+pub struct ChunkPairer {
+    window: Window,
+    dates: DateCache,
+    pending: InFlight,
+    npending: usize,
+    scratch: Vec<(u64, Pending)>,
+}
+
+impl ChunkPairer {
+    /// Reads and pairs chunk `k` (bytes `k * size` on) of `src` into
+    /// `out`. An error reading the trace is returned as it is.
+    pub fn pair<S: PositionalRead + ?Sized>(
+        &mut self,
+        src: &S,
+        k: u64,
+        size: usize,
+        out: &mut PairedChunk,
+    ) -> io::Result<()> {
+        out.clear();
+        let Self {
+            window,
+            dates,
+            pending,
+            npending,
+            scratch,
+        } = self;
+        let end = chunk_lines(src, k, size, window, |n, line| {
+            let Some(l) = line else {
+                out.odd = true;
+                return false;
+            };
+            match parse_line(l, n, dates) {
+                Ok(Parsed::Skip) => {}
+                Ok(Parsed::Request { id, pending: p }) => {
+                    let connection = p.connection();
+                    out.saw_request(connection, id);
+                    let waiting = pending.waiting(connection);
+                    if waiting.get_mut(id).is_some() {
+                        out.odd = true;
+                        return false;
+                    }
+                    waiting.insert(id, p);
+                    *npending += 1;
+                    out.most_pending = out.most_pending.max(*npending);
+                }
+                Ok(Parsed::Completion {
+                    connection,
+                    op,
+                    id,
+                    failed,
+                }) => match pending
+                    .get_mut(connection)
+                    .map_or(Err(None), |w| w.complete(id, op))
+                {
+                    Ok(p) => {
+                        *npending -= 1;
+                        out.local.push(Local::of(&p, failed.is_some()));
+                    }
+                    Err(Some(_)) => {
+                        out.odd = true;
+                        return false;
+                    }
+                    Err(None) => {
+                        let rank = out.local.len() as u32;
+                        out.edges.push((
+                            rank,
+                            n,
+                            Parsed::Completion {
+                                connection,
+                                op,
+                                id,
+                                failed,
+                            },
+                        ));
+                    }
+                },
+                Ok(Parsed::Disconnect { connection }) => {
+                    // Requests open from earlier chunks are cut off first
+                    // (their lines come first), by the joiner.
+                    out.edges
+                        .push((out.local.len() as u32, n, Parsed::Disconnect { connection }));
+                    let left = pending.take(connection);
+                    *npending -= left.len();
+                    out.push_cut_off(left);
+                }
+                Ok(connect @ Parsed::Connect { .. }) => {
+                    out.edges.push((out.local.len() as u32, n, connect));
+                }
+                Err(_) => {
+                    out.odd = true;
+                    return false;
+                }
+            }
+            true
+        });
+        // Whatever is still open goes to the joiner, and the table is
+        // left empty for the next chunk.
+        scratch.clear();
+        pending.drain_with_ids(scratch);
+        *npending = 0;
+        scratch.sort_by_key(|(_, p)| p.line);
+        out.open.append(scratch);
+        let end = end?;
+        out.lines = end.lines;
+        out.last = end.last;
+        Ok(())
+    }
+}
+
+/// Takes in the chunks' edges in chunk order (see the module's notes).
+#[derive(Default)]
+pub struct Joiner {
+    pairing: Pairing,
+    /// Lines of the trace before the next chunk.
+    base: u64,
+}
+
+impl Joiner {
+    /// Takes in the next chunk: appends to `out` the events its edges
+    /// yield, each with the number of the chunk's local events before it.
+    /// False if the chunk cannot be joined exactly; the joiner is then
+    /// spoilt.
+    pub fn join(
+        &mut self,
+        c: &mut PairedChunk,
+        out: &mut Vec<(u32, Result<Event, TraceError>)>,
+    ) -> bool {
+        if c.odd || self.pairing.npending.saturating_add(c.most_pending) >= MAX_PENDING {
+            return false;
+        }
+        // A request line reusing the id of a request still open from an
+        // earlier chunk would cut that one off; ids rise within a
+        // connection, so a range check rules nearly all of them out.
+        if c.ids
+            .iter()
+            .any(|&(conn, lo, hi)| self.pairing.pending.any_between(conn, lo, hi))
+        {
+            return false;
+        }
+        for (rank, n, parsed) in c.edges.drain(..) {
+            let (n, parsed) = super::rebase(self.base, n, Ok(parsed));
+            if let Some(e) = self.pairing.apply(n, parsed) {
+                out.push((rank, e));
+            }
+            out.extend(self.pairing.out.drain(..).map(|e| (rank, e)));
+        }
+        for (id, mut p) in c.open.drain(..) {
+            p.line += self.base;
+            if self.pairing.request(id, p).is_some() {
+                return false;
+            }
+        }
+        self.base += c.lines;
+        true
+    }
+
+    /// The trace is over: the events of what never completed.
+    pub fn finish(&mut self) -> Vec<Result<Event, TraceError>> {
+        self.pairing.finish();
+        self.pairing.out.drain(..).collect()
+    }
+}
+
+/// A trace such as nbdkit writes, with what the joiner takes in: several
+/// connections with requests in flight across chunk ends, completions in
+/// any order, failures, unpaired completions, disconnects with requests
+/// open, `Connect` lines of changing sizes, lines without timestamps; and,
+/// in one trace of four, what makes it refuse a chunk (a reused id, a
+/// completion of another op). Offsets fall within the first 64 KiB and a little
+/// past.
+#[cfg(test)]
+pub(crate) fn test_trace(seed: u64, lines: usize) -> Vec<u8> {
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut below = move |n: u64| {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    };
+    const OPS: [&str; 7] = ["Read", "Write", "Trim", "Zero", "Cache", "Flush", "Extents"];
+    let mut out = String::new();
+    let mut next_id = [1u64; 4];
+    let mut pending: Vec<(u64, u64, &str)> = Vec::new();
+    let mut micros = 0u64;
+    for _ in 0..lines {
+        micros += below(900);
+        if below(40) != 0 {
+            out += &format!(
+                "2026-11-21 09:{:02}:{:02}.{:06} ",
+                micros / 60_000_000 % 60,
+                micros / 1_000_000 % 60,
+                micros % 1_000_000
+            );
+        }
+        let c = 1 + below(3);
+        match below(100) {
+            0..=44 => {
+                let op = OPS[[0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6][below(11) as usize]];
+                let id = next_id[c as usize];
+                next_id[c as usize] += 1;
+                let args = if op == "Flush" {
+                    String::new()
+                } else {
+                    format!("offset={:#x} count={:#x} ", below(70_000), below(9000))
+                };
+                out += &format!("connection={c} {op} id={id} {args}...");
+                pending.push((c, id, op));
+            }
+            45..=88 if !pending.is_empty() => {
+                // Mostly the oldest few: requests complete soon.
+                let i = pending.len() - 1 - below(pending.len().min(4) as u64) as usize;
+                let i = if below(3) == 0 {
+                    i
+                } else {
+                    below(pending.len().min(2) as u64) as usize
+                };
+                let (c, id, op) = pending.remove(i);
+                let ret = match below(25) {
+                    0 => " return=-1 error=EIO",
+                    1 => " return=-1",
+                    _ => " return=0",
+                };
+                out += &format!("connection={c} ...{op} id={id}{ret}");
+            }
+            45..=89 => {
+                out += &format!(
+                    "connection={c} ...Read id={} return=0",
+                    1_000_000 + below(9)
+                )
+            }
+            90 => {
+                out += &format!("connection={c} Disconnect transactions=3");
+                pending.retain(|p| p.0 != c);
+            }
+            91 | 92 => {
+                out += &format!(
+                    "connection={c} Connect export=\"\" tls=0 size={:#x} minsize=0x0",
+                    [0x10000, 0x10000, 0x10000, 0x20000][below(4) as usize]
+                )
+            }
+            93 => out += "Ready thread_model=3",
+            94 if seed % 4 == 0 => {
+                // An id reused while its request is open.
+                if let Some(&(c, id, op)) = pending.first() {
+                    out += &format!("connection={c} {op} id={id} offset=0x0 count=0x200 ...");
+                }
+            }
+            95 if seed % 4 == 0 => {
+                // A completion naming another op.
+                if let Some(&(c, id, _)) = pending.first() {
+                    out += &format!("connection={c} ...Zero id={id} return=0");
+                }
+            }
+            _ => {
+                // Never completed.
+                out += &format!("connection={c} Flush id={} ...", next_id[c as usize]);
+                next_id[c as usize] += 1;
+            }
+        }
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{events, Format, ParseOptions, Request};
+
+    /// A request as a local event shows it.
+    fn local_of(r: &Request) -> Local {
+        Local {
+            time: r.time.unwrap_or(f64::NAN),
+            offset: r.offset,
+            length: r.length,
+            op: r.op,
+            failed: r.failed.is_some(),
+        }
+    }
+
+    /// What the sequential parser yields, requests as local events shows
+    /// them (NaN times as text, to compare).
+    fn comparable(e: Result<Event, TraceError>) -> String {
+        match e {
+            Ok(Event::Request(r)) => format!("{:?}", local_of(&r)),
+            Ok(e) => format!("{e:?}"),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    /// The events of chunk after chunk, joined, in the order the
+    /// sequential parser yields them; `None` if the joiner refuses.
+    fn joined(data: &[u8], size: usize) -> Option<Vec<String>> {
+        let mut pairer = ChunkPairer::default();
+        let mut joiner = Joiner::default();
+        let mut c = PairedChunk::default();
+        let mut all = Vec::new();
+        let mut edges = Vec::new();
+        for k in 0.. {
+            pairer.pair(data, k, size, &mut c).ok()?;
+            if !joiner.join(&mut c, &mut edges) {
+                return None;
+            }
+            let mut edges = edges.drain(..).peekable();
+            for (r, l) in c.local.iter().enumerate() {
+                while let Some((_, e)) = edges.next_if(|(rank, _)| *rank as usize <= r) {
+                    all.push(comparable(e));
+                }
+                all.push(format!("{l:?}"));
+            }
+            all.extend(edges.map(|(_, e)| comparable(e)));
+            if c.last {
+                break;
+            }
+        }
+        all.extend(joiner.finish().into_iter().map(comparable));
+        Some(all)
+    }
+
+    /// Chunk by chunk and joined, a trace yields what the sequential
+    /// parser yields, in its order, whatever the chunk size; and a trace
+    /// the joiner cannot place is refused, not joined wrongly.
+    #[test]
+    fn joined_chunks_agree_with_the_sequential_parser() {
+        let (mut accepted, mut refused, mut across) = (0, 0, 0);
+        for seed in 0..60 {
+            let data = test_trace(seed, 400);
+            let want: Vec<String> = events(Format::Nbdkit, &data[..], &ParseOptions::default())
+                .map(comparable)
+                .collect();
+            for size in [64, 333, 1000, 4096, 1 << 20] {
+                match joined(&data, size) {
+                    Some(got) => {
+                        assert_eq!(got, want, "seed {seed}, chunk {size}");
+                        accepted += 1;
+                    }
+                    None => refused += 1,
+                }
+            }
+            across += want.iter().filter(|e| e.contains("Warning")).count();
+        }
+        assert!(accepted > 150 && refused > 20, "{accepted} {refused}");
+        assert!(across > 100, "{across}");
+    }
+}
