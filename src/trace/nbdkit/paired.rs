@@ -353,13 +353,13 @@ pub(crate) fn test_trace(seed: u64, lines: usize) -> Vec<u8> {
                 )
             }
             93 => out += "Ready thread_model=3",
-            94 if seed % 4 == 0 => {
+            94 if seed.is_multiple_of(4) => {
                 // An id reused while its request is open.
                 if let Some(&(c, id, op)) = pending.first() {
                     out += &format!("connection={c} {op} id={id} offset=0x0 count=0x200 ...");
                 }
             }
-            95 if seed % 4 == 0 => {
+            95 if seed.is_multiple_of(4) => {
                 // A completion naming another op.
                 if let Some(&(c, id, _)) = pending.first() {
                     out += &format!("connection={c} ...Zero id={id} return=0");
