@@ -350,113 +350,126 @@ pub fn kind_group(kind: Option<Kind>) -> usize {
 }
 
 /// Per-object numbers of the objects a trace touched, in first-access
-/// order. The numbers sit in a table indexed by object id, so updating
-/// them for a piece costs one memory access, not a lookup and then one.
+/// order.
+///
+/// The numbers are packed in that order, found through a table of 4
+/// bytes per object of the map: on the virtual machines bmap runs in, each
+/// fresh page of memory costs a fault that takes microseconds, so a trace
+/// touching part of a map pays for what it touched, not for 64 bytes per
+/// object of the map; and objects touched about the same time sit side
+/// by side.
 #[derive(Debug, Default)]
 pub struct Touched {
-    /// Indexed by `objects.id`; `first_seq == 0` marks an object not yet
-    /// touched (sequence numbers start at 1).
-    by_id: Vec<ObjectStats>,
-    /// Owners the map's object table lacks (hand-edited maps): too sparse
-    /// to index by id.
-    unknown: std::collections::HashMap<u32, ObjectStats>,
+    /// Indexed by `objects.id`: 1 + the object's place in `stats`, 0 for
+    /// one not touched.
+    slots: Vec<u32>,
+    /// Places of owners beyond `slots` (ids the map's object table lacks,
+    /// in hand-edited maps): too sparse to index by id.
+    far: std::collections::HashMap<u32, u32>,
+    /// In order of first access.
+    stats: Vec<ObjectStats>,
+    /// `order[i]` is the object of `stats[i]`.
     order: Vec<u32>,
 }
 
 impl Touched {
     fn with_objects(n: usize) -> Self {
         Touched {
-            by_id: vec![ObjectStats::default(); n],
+            slots: vec![0; n],
             ..Touched::default()
         }
     }
 
+    /// The place of object `o` in `stats`, if touched.
+    #[inline]
+    fn place(&self, o: u32) -> Option<usize> {
+        let slot = match self.slots.get(o as usize) {
+            Some(&s) => s,
+            None => *self.far.get(&o)?,
+        };
+        (slot as usize).checked_sub(1)
+    }
+
+    /// Object `o`'s numbers, made if it was not touched before.
+    #[inline]
+    fn slot(&mut self, o: u32) -> &mut ObjectStats {
+        let next = u32::try_from(self.stats.len() + 1).unwrap_or(u32::MAX);
+        let slot = match self.slots.get_mut(o as usize) {
+            Some(s) => s,
+            None => self.far.entry(o).or_default(),
+        };
+        if *slot == 0 {
+            *slot = next;
+            self.stats.push(ObjectStats::default());
+            self.order.push(o);
+        }
+        let i = *slot as usize - 1;
+        &mut self.stats[i]
+    }
+
     #[inline]
     fn entry(&mut self, o: u32, seq: u64, time: Option<f64>) -> &mut ObjectStats {
-        let st = match self.by_id.get_mut(o as usize) {
-            Some(st) => st,
-            None => self.unknown.entry(o).or_default(),
-        };
+        let st = self.slot(o);
         if st.first_seq == 0 {
             st.first_seq = seq;
             st.first_time = time.unwrap_or(f64::NAN);
-            self.order.push(o);
         }
         st
     }
 
     /// Requests so far on object `o` (0 for one not touched).
     fn requests_of(&self, o: u32) -> u64 {
-        self.by_id.get(o as usize).map_or(0, |s| s.requests)
+        self.get(o).map_or(0, |s| s.requests)
     }
 
     fn get(&self, o: u32) -> Option<&ObjectStats> {
-        self.by_id.get(o as usize).or_else(|| self.unknown.get(&o))
-    }
-
-    fn slot(&mut self, o: u32) -> &mut ObjectStats {
-        match self.by_id.get_mut(o as usize) {
-            Some(st) => st,
-            None => self.unknown.entry(o).or_default(),
-        }
+        self.stats.get(self.place(o)?)
     }
 
     /// Adds in `other`'s numbers, as if one table had seen the requests
     /// of both in order of their sequence numbers (no request is in both).
     fn absorb(&mut self, mut other: Touched) {
-        let first_in = |t: &Touched, o: u32| t.get(o).map_or(0, |s| s.first_seq);
-        // Both orders are by first access: merged, each object keeps the
-        // place of its earlier first access.
-        let (mine, theirs) = (&self.order, &other.order);
-        let mut order = Vec::with_capacity(mine.len() + theirs.len());
-        let (mut i, mut j) = (0, 0);
-        while i < mine.len() || j < theirs.len() {
-            let a = mine.get(i).map(|&o| (o, first_in(self, o)));
-            let b = theirs.get(j).map(|&o| (o, first_in(&other, o)));
-            let (o, at, elsewhere) = match (a, b) {
-                (Some((o, x)), Some((_, y))) if x <= y => {
-                    i += 1;
-                    (o, x, first_in(&other, o))
-                }
-                (Some((o, x)), None) => {
-                    i += 1;
-                    (o, x, first_in(&other, o))
-                }
-                (_, Some((o, y))) => {
-                    j += 1;
-                    (o, y, first_in(self, o))
-                }
+        // Both are in order of first access: merged, each object keeps the
+        // place of its earlier first access, and its later one is added
+        // there. `other`'s table of places is reused for the merged ones.
+        let mine = std::mem::take(&mut self.stats);
+        let mine_order = std::mem::take(&mut self.order);
+        let theirs = std::mem::take(&mut other.stats);
+        let mut slots = std::mem::take(&mut other.slots);
+        slots.clear();
+        slots.resize(self.slots.len(), 0);
+        let mut merged = Touched {
+            slots,
+            far: std::collections::HashMap::new(),
+            stats: Vec::with_capacity(mine.len() + theirs.len()),
+            order: Vec::with_capacity(mine.len() + theirs.len()),
+        };
+        let mut a = mine_order.into_iter().zip(mine).peekable();
+        let mut b = other.order.into_iter().zip(theirs).peekable();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.1.first_seq <= y.1.first_seq => a.next(),
+                (Some(_), None) => a.next(),
+                (_, Some(_)) => b.next(),
                 (None, None) => break,
             };
-            if elsewhere == 0 || at < elsewhere {
-                order.push(o);
+            let Some((o, st)) = next else { break };
+            let into = merged.slot(o);
+            if into.first_seq == 0 {
+                *into = st;
+            } else {
+                into.requests += st.requests;
+                into.bytes_read += st.bytes_read;
+                into.bytes_written += st.bytes_written;
+                into.coverage.absorb(&st.coverage);
             }
         }
-        for &o in &other.order {
-            let theirs = match other.by_id.get_mut(o as usize) {
-                Some(st) => std::mem::take(st),
-                None => other.unknown.remove(&o).unwrap_or_default(),
-            };
-            let st = self.slot(o);
-            if st.first_seq == 0 {
-                *st = theirs;
-                continue;
-            }
-            if theirs.first_seq < st.first_seq {
-                st.first_seq = theirs.first_seq;
-                st.first_time = theirs.first_time;
-            }
-            st.requests += theirs.requests;
-            st.bytes_read += theirs.bytes_read;
-            st.bytes_written += theirs.bytes_written;
-            st.coverage.absorb(&theirs.coverage);
-        }
-        self.order = order;
+        *self = merged;
     }
 
     /// Objects in order of first access.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &ObjectStats)> {
-        self.order.iter().filter_map(|&o| Some((o, self.get(o)?)))
+        self.order.iter().copied().zip(&self.stats)
     }
 }
 
@@ -757,7 +770,13 @@ pub fn run(
         if batch.is_empty() {
             break;
         }
-        let firsts = warm(index, &tally.touched, &batch);
+        let mut at = [None; WARM_AHEAD];
+        for (e, at) in batch.iter().zip(&mut at) {
+            if let Ok(crate::trace::Event::Request(r)) = e {
+                *at = Some(r.offset);
+            }
+        }
+        let firsts = warm(index, &tally.touched, &at);
         for (event, first) in batch.drain(..).zip(firsts) {
             let event = match event {
                 Ok(e) => e,
@@ -979,13 +998,7 @@ impl Tally {
     /// Renumbers the requests counted: `seq` becomes `renumber(seq)`,
     /// which must keep their order.
     pub(crate) fn renumber(&mut self, renumber: impl Fn(u64) -> u64) {
-        let t = &mut self.touched;
-        for &o in &t.order {
-            if let Some(st) = t.by_id.get_mut(o as usize) {
-                st.first_seq = renumber(st.first_seq);
-            }
-        }
-        for st in t.unknown.values_mut() {
+        for st in &mut self.touched.stats {
             st.first_seq = renumber(st.first_seq);
         }
         for f in &mut self.free_reads.first {
@@ -1039,18 +1052,12 @@ const WARM_AHEAD: usize = 32;
 fn warm(
     index: &MapIndex,
     touched: &Touched,
-    batch: &[Result<crate::trace::Event, crate::trace::TraceError>],
+    at: &[Option<u64>; WARM_AHEAD],
 ) -> [Option<usize>; WARM_AHEAD] {
     // In passes, each of whose loads depends on the pass before and not on
     // one another: the bucket of each request's first byte, then the
     // segments that bucket points to, then their owners' numbers. The
     // segments found are handed back, so the split does not look again.
-    let mut at = [None; WARM_AHEAD];
-    for (e, at) in batch.iter().zip(&mut at) {
-        if let Ok(crate::trace::Event::Request(r)) = e {
-            *at = Some(r.offset);
-        }
-    }
     let mut sum = 0u64;
     for &pos in at.iter().flatten() {
         let b = index.buckets.get(index.bucket_of(pos)).copied();
