@@ -1036,13 +1036,33 @@ fn need(n: u64, v: Option<&[u8]>, key: &str) -> Result<u64, TraceError> {
 }
 
 fn parse_line(l: &[u8], n: u64, cache: &mut DateCache) -> Result<Parsed, TraceError> {
-    let (time, rest) = match cache.timestamp(l) {
+    let (stamp, rest) = match cache.stamp(l) {
         Some((t, r)) => (Some(t), r),
         None => (None, l),
     };
-    match quick(time, rest, n) {
+    match quick(stamp, rest, n) {
         Some(p) => Ok(p),
-        None => parse_rest(time, rest, n),
+        None => parse_rest(stamp.map(Stamp::seconds), rest, n),
+    }
+}
+
+/// A timestamp read but not yet added up: half the lines (completions)
+/// never need their time, and the sum costs a division.
+#[derive(Clone, Copy)]
+struct Stamp {
+    /// The whole seconds.
+    secs: f64,
+    /// The fraction's digits, and how many they are (at most 15).
+    digits: u64,
+    count: usize,
+}
+
+impl Stamp {
+    /// Seconds since the epoch: the nearest double to the fraction, added
+    /// to the whole seconds.
+    #[inline]
+    fn seconds(self) -> f64 {
+        self.secs + self.digits as f64 / POW10[self.count]
     }
 }
 
@@ -1052,7 +1072,7 @@ fn parse_line(l: &[u8], n: u64, cache: &mut DateCache) -> Result<Parsed, TraceEr
 /// (another shape, quotes, tabs, doubled spaces, a repeated key, a bad or
 /// overflowing number, a failure) is `None`, and [`parse_rest`] decides:
 /// what this returns is what [`parse_rest`] would.
-fn quick(time: Option<f64>, rest: &[u8], n: u64) -> Option<Parsed> {
+fn quick(stamp: Option<Stamp>, rest: &[u8], n: u64) -> Option<Parsed> {
     // One space follows the timestamp; more, or a tab, is for the general
     // path.
     let rest = rest.strip_prefix(b" ").unwrap_or(rest);
@@ -1099,7 +1119,7 @@ fn quick(time: Option<f64>, rest: &[u8], n: u64) -> Option<Parsed> {
     }
     Some(Parsed::Request {
         id,
-        pending: Pending::new(n, time, op, offset, length, connection),
+        pending: Pending::new(n, stamp.map(Stamp::seconds), op, offset, length, connection),
     })
 }
 
@@ -1364,6 +1384,26 @@ fn same_date(l: &[u8], date: &[u8; 19]) -> bool {
 }
 
 impl DateCache {
+    /// [`timestamp`], not added up.
+    #[inline]
+    fn stamp<'a>(&mut self, l: &'a [u8]) -> Option<(Stamp, &'a [u8])> {
+        if !(self.text[0] != 0 && same_date(l, &self.text)) {
+            let (secs, _, _) = timestamp_parts(l)?;
+            self.text.copy_from_slice(&l[..19]);
+            self.secs = secs as f64;
+        }
+        let ((digits, count), rest) = fraction_digits(&l[19..])?;
+        Some((
+            Stamp {
+                secs: self.secs,
+                digits,
+                count,
+            },
+            rest,
+        ))
+    }
+
+    #[cfg(test)]
     fn timestamp<'a>(&mut self, l: &'a [u8]) -> Option<(f64, &'a [u8])> {
         if self.text[0] != 0 && same_date(l, &self.text) {
             let (frac, rest) = fraction(&l[19..])?;
@@ -1396,8 +1436,16 @@ const POW10: [f64; 16] = {
 /// double of seconds since 1970 and are only checked.
 #[inline]
 fn fraction(l: &[u8]) -> Option<(f64, &[u8])> {
+    let ((digits, count), rest) = fraction_digits(l)?;
+    Some((digits as f64 / POW10[count], rest))
+}
+
+/// [`fraction`]'s digits, as a number and how many they are (at most 15),
+/// and the rest.
+#[inline]
+fn fraction_digits(l: &[u8]) -> Option<((u64, usize), &[u8])> {
     let mut i = 0;
-    let mut frac = 0.0;
+    let mut frac = (0, 0);
     if l.first() == Some(&b'.') {
         // nbdkit writes 6 digits: the eight bytes after the dot are looked
         // at at once, and digit by digit only if all eight are digits.
@@ -1425,7 +1473,7 @@ fn fraction(l: &[u8]) -> Option<(f64, &[u8])> {
                 (v, n)
             }
         };
-        frac = v as f64 / POW10[count];
+        frac = (v, count);
     }
     match l.get(i) {
         None | Some(b' ' | b'\t') => Some((frac, &l[i..])),
@@ -1748,7 +1796,12 @@ connection=1 ...Read id=1 return=0
         }
         let mut quick_ones = 0;
         for v in &variants {
-            if let Some(q) = quick(Some(1.5), v, 7) {
+            let stamp = Stamp {
+                secs: 1.0,
+                digits: 5,
+                count: 1,
+            };
+            if let Some(q) = quick(Some(stamp), v, 7) {
                 quick_ones += 1;
                 let general = parse_rest(Some(1.5), v, 7).map_err(|e| e.to_string());
                 assert_eq!(Ok(q), general, "{}", String::from_utf8_lossy(v));

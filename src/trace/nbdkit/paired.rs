@@ -27,13 +27,15 @@ use super::{parse_line, DateCache, InFlight, Pairing, Parsed, Pending, MAX_PENDI
 use crate::trace::{chunk_lines, Event, Op, PositionalRead, TraceError, Window};
 
 /// A request of a chunk that completed in the same chunk (or was cut off
-/// by a disconnect there): all that attributing it needs. 32 bytes.
+/// by a disconnect there): all that attributing it needs, in 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Local {
     /// Seconds; NaN when the request line had no timestamp.
     pub time: f64,
     pub offset: u64,
-    pub length: u64,
+    /// NBD requests are at most 4 GiB - 1 long; a chunk with a longer
+    /// one is refused.
+    pub length: u32,
     pub op: Op,
     /// It failed, or never completed before its connection closed.
     pub failed: bool,
@@ -44,7 +46,8 @@ impl Local {
         Local {
             time: if p.has_time { p.time } else { f64::NAN },
             offset: p.offset,
-            length: p.length,
+            // Checked as the request was taken in.
+            length: p.length as u32,
             op: p.op,
             failed,
         }
@@ -146,6 +149,10 @@ impl ChunkPairer {
             match parse_line(l, n, dates) {
                 Ok(Parsed::Skip) => {}
                 Ok(Parsed::Request { id, pending: p }) => {
+                    if u32::try_from(p.length).is_err() {
+                        out.odd = true;
+                        return false;
+                    }
                     let connection = p.connection();
                     out.saw_request(connection, id);
                     let waiting = pending.waiting(connection);
@@ -280,7 +287,7 @@ impl Joiner {
 /// any order, failures, unpaired completions, disconnects with requests
 /// open, `Connect` lines of changing sizes, lines without timestamps; and,
 /// in one trace of four, what makes it refuse a chunk (a reused id, a
-/// completion of another op). Offsets fall within the first 64 KiB and a little
+/// completion of another op) and in another, a request of 4 GiB or more. Offsets fall within the first 64 KiB and a little
 /// past.
 #[cfg(test)]
 pub(crate) fn test_trace(seed: u64, lines: usize) -> Vec<u8> {
@@ -365,6 +372,12 @@ pub(crate) fn test_trace(seed: u64, lines: usize) -> Vec<u8> {
                     out += &format!("connection={c} ...Zero id={id} return=0");
                 }
             }
+            96 if seed % 4 == 2 => {
+                let id = next_id[c as usize];
+                next_id[c as usize] += 1;
+                out += &format!("connection={c} Read id={id} offset=0x0 count=0x100000000 ...");
+                pending.push((c, id, "Read"));
+            }
             _ => {
                 // Never completed.
                 out += &format!("connection={c} Flush id={} ...", next_id[c as usize]);
@@ -376,6 +389,8 @@ pub(crate) fn test_trace(seed: u64, lines: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
+const _: () = assert!(std::mem::size_of::<Local>() == 24);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,7 +401,7 @@ mod tests {
         Local {
             time: r.time.unwrap_or(f64::NAN),
             offset: r.offset,
-            length: r.length,
+            length: u32::try_from(r.length).unwrap_or(u32::MAX),
             op: r.op,
             failed: r.failed.is_some(),
         }
@@ -453,7 +468,7 @@ mod tests {
             }
             across += want.iter().filter(|e| e.contains("Warning")).count();
         }
-        assert!(accepted > 150 && refused > 20, "{accepted} {refused}");
+        assert!(accepted > 120 && refused > 60, "{accepted} {refused}");
         assert!(across > 100, "{across}");
     }
 }
