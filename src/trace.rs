@@ -389,7 +389,25 @@ pub(crate) fn chunk_lines<S: PositionalRead + ?Sized>(
             .map_or(end, |i| i + 1)
     };
     let mut n = 0;
-    while p < end {
+    // Lines whose newline was read with the chunk, one search for them
+    // all; the rest (a line running past what was read, or too long) the
+    // careful way below.
+    let held = win.filled.min(win.buf.len());
+    let mut stopped = false;
+    let from = p.min(held);
+    for q in memchr::memchr_iter(b'\n', &win.buf[from..held]) {
+        let q = q + from;
+        if p >= end || q - p > MAX_LINE {
+            break;
+        }
+        n += 1;
+        if !f(n, Some(trim_eol(&win.buf[p..q]))) {
+            stopped = true;
+            break;
+        }
+        p = q + 1;
+    }
+    while p < end && !stopped {
         // A line's newline must lie within MAX_LINE bytes.
         let limit = p + MAX_LINE + 1;
         if let Some(q) = win.find_newline(src, p, limit)? {

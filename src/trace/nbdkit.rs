@@ -1035,6 +1035,7 @@ fn need(n: u64, v: Option<&[u8]>, key: &str) -> Result<u64, TraceError> {
     }
 }
 
+#[inline(always)]
 fn parse_line(l: &[u8], n: u64, cache: &mut DateCache) -> Result<Parsed, TraceError> {
     let (stamp, rest) = match cache.stamp(l) {
         Some((t, r)) => (Some(t), r),
