@@ -422,6 +422,21 @@ impl Touched {
         self.get(o).map_or(0, |s| s.requests)
     }
 
+    /// 1 + object `o`'s place among the numbers, 0 for one not touched
+    /// (or beyond the table of places).
+    fn slot_of(&self, o: u32) -> u32 {
+        self.slots.get(o as usize).copied().unwrap_or(0)
+    }
+
+    /// Requests so far on the object with slot `slot` (see
+    /// [`Touched::slot_of`]).
+    fn requests_at(&self, slot: u32) -> u64 {
+        (slot as usize)
+            .checked_sub(1)
+            .and_then(|i| self.stats.get(i))
+            .map_or(0, |s| s.requests)
+    }
+
     fn get(&self, o: u32) -> Option<&ObjectStats> {
         self.stats.get(self.place(o)?)
     }
@@ -1065,13 +1080,18 @@ fn warm(
     }
     let mut firsts = [None; WARM_AHEAD];
     for (pos, first) in at.iter().zip(&mut firsts) {
-        if let Some(pos) = *pos {
-            let i = index.first_ending_after(pos);
-            *first = Some(i);
-            if let Some(seg) = index.segments.get(i) {
-                sum = sum.wrapping_add(touched.requests_of(seg.owner));
-            }
+        *first = pos.map(|pos| index.first_ending_after(pos));
+    }
+    // The owners' places among the numbers, then the numbers: each pass
+    // only waits for the one before.
+    let mut places = [0u32; WARM_AHEAD];
+    for (first, place) in firsts.iter().zip(&mut places) {
+        if let Some(seg) = first.and_then(|i| index.segments.get(i)) {
+            *place = touched.slot_of(seg.owner);
         }
+    }
+    for &place in &places {
+        sum = sum.wrapping_add(touched.requests_at(place));
     }
     std::hint::black_box(sum);
     firsts

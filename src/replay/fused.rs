@@ -114,7 +114,8 @@ where
             let pace = Pace {
                 first: w as u64,
                 stride: workers as u64,
-                chunk: chunk.max(1),
+                // A chunk's events are numbered in 32 bits.
+                chunk: chunk.clamp(1, 1 << 30),
             };
             handles
                 .push(scope.spawn(move || work(src, pace, slot, gate, stop, &chunk_tx, &spent_rx)));
@@ -184,8 +185,9 @@ fn work<S: PositionalRead + ?Sized>(
             return left;
         }
         let mut c = spent.try_recv().unwrap_or_default();
-        // A read error is the sequential replay's to report.
-        if pairer.pair(src, k, pace.chunk, &mut c).is_err() {
+        // A read error is the sequential replay's to report; so is a
+        // trace of more chunks than a key can number (petabytes).
+        if pairer.pair(src, k, pace.chunk, &mut c).is_err() || k > u64::from(u32::MAX) {
             c.odd = true;
         }
         let ends = c.last || c.odd;
