@@ -642,6 +642,61 @@ mod tests {
         assert_eq!(overflow, vec![5]);
     }
 
+    /// The summary's quick line writer writes what the general one does,
+    /// or leaves the line to it.
+    #[test]
+    fn fast_heads_match_slow_ones() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut fast, mut slow) = (0, 0);
+        for i in 0..100_000 {
+            let r = next();
+            // Small numbers mostly, wide ones sometimes, to take both ways.
+            let big = i % 10 == 0;
+            let mut num = |max: u64| if big { next() } else { next() % max };
+            let size = num(1 << 30);
+            let read = num(1 << 34);
+            let unique = read.min(num(1 << 34));
+            let row = FileRow {
+                first_seq: num(100_000_000),
+                first_time: (r % 5 != 0).then(|| (num(1 << 33) as f64) / 1e6 + 1.7e9),
+                kind: "file",
+                device: Some("/dev/sda"),
+                partition: None,
+                path: "/a",
+                size: Some(size),
+                requests: num(1000),
+                bytes_read: read,
+                unique_bytes_read: unique,
+                percent_read: (r % 7 != 0 && size > 0)
+                    .then(|| (unique.min(size) as f64) * 100.0 / size as f64),
+                reread_bytes: read - unique,
+                bytes_written: 0,
+            };
+            let first = (r % 3 != 0).then_some(1.7e9);
+            let mut want = Vec::new();
+            slow_head(&mut want, &row, first);
+            let mut line: Head = [b' '; 64];
+            match fast_head(&mut line, &row, first) {
+                Some(()) => {
+                    fast += 1;
+                    assert_eq!(
+                        String::from_utf8_lossy(&line),
+                        String::from_utf8_lossy(&want),
+                        "{row:?}"
+                    );
+                }
+                None => slow += 1,
+            }
+        }
+        assert!(fast > 50_000 && slow > 1000, "{fast} {slow}");
+    }
+
     #[test]
     fn coverage_counts_new_bytes() {
         let mut c = Coverage::default();
@@ -1517,7 +1572,7 @@ fn write_summary(
             // written in order. Each thread keeps its buffer from block to
             // block: a fresh one would be paged in (and zeroed) anew.
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-            let mut texts = vec![String::new(); threads];
+            let mut texts = vec![Vec::new(); threads];
             for block in touched.order.chunks(1 << 15) {
                 let mut parts: Vec<&[u32]> = block.chunks(block.len().div_ceil(threads)).collect();
                 if block.len() < 4096 {
@@ -1532,7 +1587,7 @@ fn write_summary(
                     file_lines(&mut first[0], index, touched, parts[0], first_time);
                 });
                 for text in used.iter() {
-                    out.write_all(text.as_bytes())?;
+                    out.write_all(text)?;
                 }
             }
             writeln!(out, "\nbytes by kind:")?;
@@ -1574,21 +1629,178 @@ fn push_right(out: &mut String, s: &str, width: usize) {
     out.push_str(s);
 }
 
+/// Where each number of a summary line ends, after two spaces: seq,
+/// time, requests, read, %read and re-read, right-aligned in 8, 12, 8,
+/// 10, 7 and 10 columns one space apart; two spaces follow.
+const CELL_ENDS: [usize; 6] = [10, 23, 32, 43, 51, 62];
+
+/// A summary line up to its path.
+type Head = [u8; 64];
+
+/// Writes the numbers of a summary line into a line of blanks, each
+/// right-aligned in its column, last character first: no padding to
+/// count, no copy per cell. Each call puts its text just before what the
+/// cell holds, or returns `None` when it would not fit.
+struct Cells<'a> {
+    line: &'a mut Head,
+    /// The current cell is `line[from..end]`.
+    from: usize,
+    end: usize,
+}
+
+impl Cells<'_> {
+    /// Moves on to cell `i` (of [`CELL_ENDS`]), from the first.
+    fn cell(&mut self, i: usize) {
+        self.from = CELL_ENDS[..i].last().map_or(2, |e| e + 1);
+        self.end = CELL_ENDS[i];
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) -> Option<()> {
+        if self.end <= self.from {
+            return None;
+        }
+        self.end -= 1;
+        // `end` is in range already; the remainder spares the bounds check.
+        self.line[self.end % self.line.len()] = b;
+        Some(())
+    }
+
+    fn text(&mut self, s: &str) -> Option<()> {
+        s.bytes().rev().try_for_each(|b| self.byte(b))
+    }
+
+    /// `n` in decimal, two digits per division.
+    fn digits(&mut self, mut n: u64) -> Option<()> {
+        const PAIRS: &[u8; 200] = b"\
+            0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        while n >= 10 {
+            let d = (n % 100) as usize * 2;
+            self.byte(PAIRS[d + 1])?;
+            if n < 100 {
+                return self.byte(PAIRS[d]);
+            }
+            self.byte(PAIRS[d])?;
+            n /= 100;
+        }
+        self.byte(b'0' + n as u8)
+    }
+
+    /// `v` with `prec` decimals, as `push_fixed` writes it.
+    #[inline]
+    fn fixed(&mut self, v: f64, prec: usize) -> Option<()> {
+        let mut r = crate::units::fixed_scaled(v, prec)?;
+        if prec > 0 {
+            for _ in 0..prec {
+                self.byte(b'0' + (r % 10) as u8)?;
+                r /= 10;
+            }
+            self.byte(b'.')?;
+        }
+        self.digits(r)
+    }
+
+    /// `bytes` as `push_human` writes it.
+    fn human(&mut self, bytes: u64) -> Option<()> {
+        match crate::units::human_scaled(bytes) {
+            None => {
+                self.text(" B")?;
+                self.digits(bytes)
+            }
+            Some((v, unit)) => {
+                self.text(unit)?;
+                self.byte(b' ')?;
+                self.fixed(v, 1)
+            }
+        }
+    }
+}
+
+/// `row`'s line up to its path, in `line`; `None` when a number does not
+/// fit its column (or is a rounding case only `format!` gets right),
+/// for [`slow_head`] to write.
+fn fast_head(line: &mut Head, row: &FileRow<'_>, first_time: Option<f64>) -> Option<()> {
+    let mut c = Cells {
+        line,
+        from: 0,
+        end: 0,
+    };
+    c.cell(0);
+    c.digits(row.first_seq)?;
+    c.cell(1);
+    match row.first_time {
+        // Seconds since the first request read better than the trace's
+        // own clock (often seconds since 1970).
+        Some(t) => {
+            c.fixed(t - first_time.unwrap_or(t).min(t), 6)?;
+            c.byte(b'+')?;
+        }
+        None => c.byte(b'-')?,
+    }
+    c.cell(2);
+    c.digits(row.requests)?;
+    c.cell(3);
+    c.human(row.bytes_read)?;
+    c.cell(4);
+    match row.percent_read {
+        Some(p) => c.fixed(p, 1)?,
+        None => c.byte(b'-')?,
+    }
+    c.cell(5);
+    c.human(row.reread_bytes)
+}
+
+/// `row`'s line up to its path, however wide its numbers.
+fn slow_head(text: &mut Vec<u8>, row: &FileRow<'_>, first_time: Option<f64>) {
+    use crate::units::{push_fixed, push_human};
+    let mut line = String::from("  ");
+    let mut cell = String::new();
+    match row.first_time {
+        Some(t) => {
+            cell.push('+');
+            push_fixed(&mut cell, t - first_time.unwrap_or(t).min(t), 6);
+        }
+        None => cell.push('-'),
+    }
+    push_right(&mut line, &row.first_seq.to_string(), 8);
+    line.push(' ');
+    push_right(&mut line, &cell, 12);
+    line.push(' ');
+    push_right(&mut line, &row.requests.to_string(), 8);
+    line.push(' ');
+    cell.clear();
+    push_human(&mut cell, row.bytes_read);
+    push_right(&mut line, &cell, 10);
+    line.push(' ');
+    cell.clear();
+    match row.percent_read {
+        Some(p) => push_fixed(&mut cell, p, 1),
+        None => cell.push('-'),
+    }
+    push_right(&mut line, &cell, 7);
+    line.push(' ');
+    cell.clear();
+    push_human(&mut cell, row.reread_bytes);
+    push_right(&mut line, &cell, 10);
+    line.push_str("  ");
+    text.extend_from_slice(line.as_bytes());
+}
+
 /// The summary's lines for the files among `ids`, in place of `text`'s.
 fn file_lines(
-    text: &mut String,
+    text: &mut Vec<u8>,
     index: &MapIndex,
     touched: &Touched,
     ids: &[u32],
     first_time: Option<f64>,
 ) {
-    use crate::units::{push_fixed, push_human};
     text.clear();
-    text.reserve(ids.len() * 100);
-    // One reused buffer for the cells that are not plain numbers: this
-    // runs once per file.
-    let mut cell = String::with_capacity(32);
-    let mut num = itoa::Buffer::new();
+    // Lines are about 100 bytes; a buffer grown later is copied whole.
+    text.reserve(ids.len() * 128);
     for group in ids.chunks(WARM_AHEAD) {
         // As in `warm`: fetch the group's numbers and rows at once.
         let mut sum = 0u64;
@@ -1600,45 +1812,18 @@ fn file_lines(
         }
         std::hint::black_box(sum);
         for row in file_rows_of(index, touched, group) {
-            text.push_str("  ");
-            // Seconds since the first request read better than the
-            // trace's own clock (often seconds since 1970).
-            cell.clear();
-            match row.first_time {
-                Some(t) => {
-                    cell.push('+');
-                    push_fixed(&mut cell, t - first_time.unwrap_or(t).min(t), 6);
-                }
-                None => cell.push('-'),
+            let mut line: Head = [b' '; 64];
+            match fast_head(&mut line, &row, first_time) {
+                Some(()) => text.extend_from_slice(&line),
+                None => slow_head(text, &row, first_time),
             }
-            push_right(text, num.format(row.first_seq), 8);
-            text.push(' ');
-            push_right(text, &cell, 12);
-            text.push(' ');
-            push_right(text, num.format(row.requests), 8);
-            text.push(' ');
-            cell.clear();
-            push_human(&mut cell, row.bytes_read);
-            push_right(text, &cell, 10);
-            text.push(' ');
-            cell.clear();
-            match row.percent_read {
-                Some(p) => push_fixed(&mut cell, p, 1),
-                None => cell.push('-'),
-            }
-            push_right(text, &cell, 7);
-            text.push(' ');
-            cell.clear();
-            push_human(&mut cell, row.reread_bytes);
-            push_right(text, &cell, 10);
-            text.push_str("  ");
-            text.push_str(row.device.unwrap_or(""));
-            text.push(' ');
-            text.push_str(row.path);
+            text.extend_from_slice(row.device.unwrap_or("").as_bytes());
+            text.push(b' ');
+            text.extend_from_slice(row.path.as_bytes());
             if row.kind == "directory" {
-                text.push('/');
+                text.push(b'/');
             }
-            text.push('\n');
+            text.push(b'\n');
         }
     }
 }

@@ -54,6 +54,22 @@ pub fn human(bytes: u64) -> String {
 
 /// Appends [`human`]`(bytes)` to `out`, without allocating.
 pub fn push_human(out: &mut String, bytes: u64) {
+    match human_scaled(bytes) {
+        None => {
+            push_u64(out, bytes);
+            out.push_str(" B");
+        }
+        Some((v, unit)) => {
+            push_fixed(out, v, 1);
+            out.push(' ');
+            out.push_str(unit);
+        }
+    }
+}
+
+/// The number and unit [`human`] writes with one decimal; `None` under
+/// 1 KiB, written as a whole number of bytes.
+pub fn human_scaled(bytes: u64) -> Option<(f64, &'static str)> {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut v = bytes as f64;
     let mut i = 0;
@@ -61,14 +77,7 @@ pub fn push_human(out: &mut String, bytes: u64) {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        push_u64(out, bytes);
-        out.push_str(" B");
-    } else {
-        push_fixed(out, v, 1);
-        out.push(' ');
-        out.push_str(UNITS[i]);
-    }
+    (i > 0).then_some((v, UNITS[i]))
 }
 
 /// Appends `n` in decimal.
@@ -78,51 +87,60 @@ pub fn push_u64(out: &mut String, n: u64) {
 
 /// Appends `v` with `prec` decimals, exactly as `format!("{v:.prec$}")`
 /// writes it (the correctly rounded decimal of the binary value, ties to
-/// even), but quickly for the common case: a non-negative value whose
-/// scaled value is clearly not near a rounding tie is rounded in
-/// floating point; anything else goes through `format!`.
+/// even), but quickly for the common case (see [`fixed_scaled`]); anything
+/// else goes through `format!`.
 pub fn push_fixed(out: &mut String, v: f64, prec: usize) {
-    const POW10: [u64; 10] = [
-        1,
-        10,
-        100,
-        1_000,
-        10_000,
-        100_000,
-        1_000_000,
-        10_000_000,
-        100_000_000,
-        1_000_000_000,
-    ];
-    if let Some(&p) = POW10.get(prec) {
-        if v.is_sign_positive() && v < 1e12 {
-            // x is v·10^prec with one rounding: |x - v·10^prec| ≤ x·2^-53.
-            // Rounding to an integer only changes at half-integers, so if
-            // none lies within that error of x, x rounds as the exact
-            // value does.
-            let x = v * p as f64;
-            let frac = x - x.floor();
-            let margin = x * f64::EPSILON + f64::MIN_POSITIVE;
-            if (frac - 0.5).abs() > margin {
-                let r = if frac > 0.5 {
-                    x.floor() + 1.0
-                } else {
-                    x.floor()
-                } as u64;
-                push_u64(out, r / p);
-                if prec > 0 {
-                    out.push('.');
-                    // With `p` added, the fraction's digits are all there
-                    // after a leading 1, its zeros included.
-                    let mut buf = itoa::Buffer::new();
-                    out.push_str(&buf.format(r % p + p)[1..]);
-                }
-                return;
-            }
+    if let Some(r) = fixed_scaled(v, prec) {
+        let p = POW10[prec];
+        push_u64(out, r / p);
+        if prec > 0 {
+            out.push('.');
+            // With `p` added, the fraction's digits are all there after a
+            // leading 1, its zeros included.
+            let mut buf = itoa::Buffer::new();
+            out.push_str(&buf.format(r % p + p)[1..]);
         }
+        return;
     }
     use std::fmt::Write;
     let _ = write!(out, "{v:.prec$}");
+}
+
+const POW10: [u64; 10] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// `v·10^prec` rounded to an integer as `format!("{v:.prec$}")` rounds
+/// it, for a non-negative `v` and `prec` under 10 whose scaled value is
+/// clearly not near a rounding tie; `None` for the others, which need
+/// `format!`'s exact arithmetic.
+#[inline]
+pub fn fixed_scaled(v: f64, prec: usize) -> Option<u64> {
+    let &p = POW10.get(prec)?;
+    // x is v·10^prec with one rounding: |x - v·10^prec| ≤ x·2^-53.
+    // Rounding to an integer only changes at half-integers, so if none
+    // lies within that error of x, x rounds as the exact value does.
+    let x = v * p as f64;
+    // From 2^52 on the margin below is over one half: no need to look.
+    if !(v.is_sign_positive() && x < (1u64 << 52) as f64) {
+        return None;
+    }
+    // The cast truncates, which for x ≥ 0 is the floor (and exact back as
+    // a float), without the call `floor` is on baseline x86-64; to i64,
+    // one instruction each way, where u64 takes a dozen.
+    let whole = x as i64;
+    let frac = x - whole as f64;
+    let margin = x * f64::EPSILON + f64::MIN_POSITIVE;
+    ((frac - 0.5).abs() > margin).then_some(whole as u64 + u64::from(frac > 0.5))
 }
 
 #[cfg(test)]
