@@ -237,9 +237,13 @@ pub fn load(
     conn: &Connection,
     segment: impl FnMut(u64, u64, u32),
 ) -> crate::error::Result<Option<ObjectTable>> {
-    let mut st = match conn
-        .prepare("SELECT format, kinds, segments, objects, strings FROM packed_map LIMIT 1")
-    {
+    // The strings, most of the row, are read by themselves, straight into
+    // the arena: as a column, SQLite would first copy them into a buffer
+    // of its own (fresh memory, zeroed page by page) for us to copy again.
+    let mut st = match conn.prepare(
+        "SELECT format, kinds, segments, objects, typeof(strings) = 'blob', rowid \
+         FROM packed_map LIMIT 1",
+    ) {
         Ok(st) => st,
         // A map without the table (a hand-made one): the tables will do.
         Err(_) => return Ok(None),
@@ -247,22 +251,37 @@ pub fn load(
     let row = st
         .query_row([], |r| {
             let format: i64 = r.get(0)?;
-            if format != FORMAT {
+            if format != FORMAT || !r.get::<_, bool>(4)? {
                 return Ok(None);
             }
+            let Some(strings) = read_strings(conn, r.get(5)?) else {
+                return Ok(None);
+            };
             let kinds: String = r.get(1)?;
             let blob = |i| r.get_ref(i).and_then(|v| Ok(v.as_blob()?));
-            Ok(Some(decode(
-                &kinds,
-                blob(2)?,
-                blob(3)?,
-                blob(4)?.to_vec(),
-                segment,
-            )))
+            Ok(Some(decode(&kinds, blob(2)?, blob(3)?, strings, segment)))
         })
         .optional();
     // A row of the wrong types is of no use either.
     Ok(row.ok().flatten().flatten().flatten())
+}
+
+/// The `strings` of `packed_map`'s row `rowid`.
+fn read_strings(conn: &Connection, rowid: i64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut blob = conn
+        .blob_open(
+            rusqlite::DatabaseName::Main,
+            "packed_map",
+            "strings",
+            rowid,
+            true,
+        )
+        .ok()?;
+    // Zeroed, a large buffer is fresh pages: nothing is written twice.
+    let mut buf = vec![0; blob.len()];
+    blob.read_exact(&mut buf).ok()?;
+    Some(buf)
 }
 
 #[cfg(test)]
