@@ -99,13 +99,19 @@ impl MapIndex {
         // The segments come before the objects in the blob, so their kinds
         // are filled in after.
         let mut segments = Vec::new();
-        let Some(objects) = packed::load(conn, |start, end, owner| {
-            segments.push(Segment {
-                start,
-                end,
-                owner,
-                kind: None,
-            })
+        let layout = &mut segments;
+        let Some(objects) = packed::load(conn, move |at_most| {
+            // Room made at once: growing would copy the segments read so
+            // far, again and again.
+            layout.reserve(at_most);
+            move |start, end, owner| {
+                layout.push(Segment {
+                    start,
+                    end,
+                    owner,
+                    kind: None,
+                })
+            }
         })?
         else {
             return Ok(None);

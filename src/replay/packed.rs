@@ -232,10 +232,12 @@ pub fn decode(
 }
 
 /// The map's packed row, decoded: `None` when there is none or it is of
-/// no use (see the module's documentation).
-pub fn load(
+/// no use (see the module's documentation). The layout goes to the
+/// callback `segments` returns, told first how many segments there are at
+/// most (every one takes three bytes or more), to make room for them.
+pub fn load<F: FnMut(u64, u64, u32)>(
     conn: &Connection,
-    segment: impl FnMut(u64, u64, u32),
+    segments: impl FnOnce(usize) -> F,
 ) -> crate::error::Result<Option<ObjectTable>> {
     // The strings, most of the row, are read by themselves, straight into
     // the arena: as a column, SQLite would first copy them into a buffer
@@ -259,7 +261,9 @@ pub fn load(
             };
             let kinds: String = r.get(1)?;
             let blob = |i| r.get_ref(i).and_then(|v| Ok(v.as_blob()?));
-            Ok(Some(decode(&kinds, blob(2)?, blob(3)?, strings, segment)))
+            let layout = blob(2)?;
+            let segment = segments(layout.len() / 3);
+            Ok(Some(decode(&kinds, layout, blob(3)?, strings, segment)))
         })
         .optional();
     // A row of the wrong types is of no use either.
