@@ -358,24 +358,50 @@ pub fn kind_group(kind: Option<Kind>) -> usize {
 /// Per-object numbers of the objects a trace touched, in first-access
 /// order.
 ///
-/// The numbers are packed in that order, found through a table of 4
-/// bytes per object of the map: on the virtual machines bmap runs in, each
-/// fresh page of memory costs a fault that takes microseconds, so a trace
-/// touching part of a map pays for what it touched, not for 64 bytes per
-/// object of the map; and objects touched about the same time sit side
-/// by side.
+/// The numbers are packed in the order objects are first touched, found
+/// through a table of 4 bytes per object of the map: on the virtual
+/// machines bmap runs in, each fresh page of memory costs a fault that
+/// takes microseconds, so a trace touching part of a map pays for what it
+/// touched, not for 64 bytes per object of the map; and objects touched
+/// about the same time sit side by side.
 #[derive(Debug, Default)]
 pub struct Touched {
-    /// Indexed by `objects.id`: 1 + the object's place in `stats`, 0 for
-    /// one not touched.
+    /// Indexed by `objects.id`: where the object's numbers are (see
+    /// [`Place`]), 0 for one not touched.
     slots: Vec<u32>,
-    /// Places of owners beyond `slots` (ids the map's object table lacks,
-    /// in hand-edited maps): too sparse to index by id.
+    /// The same for owners beyond `slots` (ids the map's object table
+    /// lacks, in hand-edited maps): too sparse to index by id.
     far: std::collections::HashMap<u32, u32>,
-    /// In order of first access.
     stats: Vec<ObjectStats>,
-    /// `order[i]` is the object of `stats[i]`.
+    /// Another table's numbers, taken over whole by [`Touched::absorb`]
+    /// rather than copied (copies would be fresh pages).
+    extra: Vec<ObjectStats>,
+    /// Objects in order of first access, and their first sequence numbers:
+    /// tables are joined by walking these, not by looking objects up.
     order: Vec<u32>,
+    firsts: Vec<u64>,
+}
+
+/// A slot: 1 + the index in `stats`, or [`EXTRA`] + 1 + the index in
+/// `extra`.
+const EXTRA: u32 = 1 << 31;
+
+/// Where an object's numbers are.
+#[derive(Clone, Copy)]
+enum Place {
+    Stats(usize),
+    Extra(usize),
+}
+
+impl Place {
+    fn of(slot: u32) -> Option<Place> {
+        let i = (slot & !EXTRA).checked_sub(1)? as usize;
+        Some(if slot & EXTRA == 0 {
+            Place::Stats(i)
+        } else {
+            Place::Extra(i)
+        })
+    }
 }
 
 impl Touched {
@@ -386,41 +412,46 @@ impl Touched {
         }
     }
 
-    /// The place of object `o` in `stats`, if touched.
-    #[inline]
-    fn place(&self, o: u32) -> Option<usize> {
-        let slot = match self.slots.get(o as usize) {
-            Some(&s) => s,
-            None => *self.far.get(&o)?,
-        };
-        (slot as usize).checked_sub(1)
+    fn slot_mut(&mut self, o: u32) -> &mut u32 {
+        match self.slots.get_mut(o as usize) {
+            Some(s) => s,
+            None => self.far.entry(o).or_default(),
+        }
     }
 
-    /// Object `o`'s numbers, made if it was not touched before.
+    fn at(&self, place: Place) -> Option<&ObjectStats> {
+        match place {
+            Place::Stats(i) => self.stats.get(i),
+            Place::Extra(i) => self.extra.get(i),
+        }
+    }
+
+    /// Object `o`'s numbers, made (first touched by request `seq`, at
+    /// `time`) if it was not touched before; `None` only past 2^31
+    /// objects.
     #[inline]
-    fn slot(&mut self, o: u32) -> &mut ObjectStats {
-        let next = u32::try_from(self.stats.len() + 1).unwrap_or(u32::MAX);
+    fn entry(&mut self, o: u32, seq: u64, time: Option<f64>) -> Option<&mut ObjectStats> {
+        let next = u32::try_from(self.stats.len() + 1)
+            .ok()
+            .filter(|&n| n < EXTRA);
         let slot = match self.slots.get_mut(o as usize) {
             Some(s) => s,
             None => self.far.entry(o).or_default(),
         };
         if *slot == 0 {
-            *slot = next;
-            self.stats.push(ObjectStats::default());
+            *slot = next?;
+            self.stats.push(ObjectStats {
+                first_seq: seq,
+                first_time: time.unwrap_or(f64::NAN),
+                ..ObjectStats::default()
+            });
             self.order.push(o);
+            self.firsts.push(seq);
         }
-        let i = *slot as usize - 1;
-        &mut self.stats[i]
-    }
-
-    #[inline]
-    fn entry(&mut self, o: u32, seq: u64, time: Option<f64>) -> &mut ObjectStats {
-        let st = self.slot(o);
-        if st.first_seq == 0 {
-            st.first_seq = seq;
-            st.first_time = time.unwrap_or(f64::NAN);
+        match Place::of(*slot)? {
+            Place::Stats(i) => self.stats.get_mut(i),
+            Place::Extra(i) => self.extra.get_mut(i),
         }
-        st
     }
 
     /// Requests so far on object `o` (0 for one not touched).
@@ -428,69 +459,106 @@ impl Touched {
         self.get(o).map_or(0, |s| s.requests)
     }
 
-    /// 1 + object `o`'s place among the numbers, 0 for one not touched
-    /// (or beyond the table of places).
+    /// Object `o`'s slot (see [`Place`]), 0 for one not touched (or
+    /// beyond the table of slots).
     fn slot_of(&self, o: u32) -> u32 {
         self.slots.get(o as usize).copied().unwrap_or(0)
     }
 
-    /// Requests so far on the object with slot `slot` (see
-    /// [`Touched::slot_of`]).
+    /// Requests so far on the object with slot `slot`.
     fn requests_at(&self, slot: u32) -> u64 {
-        (slot as usize)
-            .checked_sub(1)
-            .and_then(|i| self.stats.get(i))
+        Place::of(slot)
+            .and_then(|p| self.at(p))
             .map_or(0, |s| s.requests)
     }
 
     fn get(&self, o: u32) -> Option<&ObjectStats> {
-        self.stats.get(self.place(o)?)
+        let slot = match self.slots.get(o as usize) {
+            Some(&s) => s,
+            None => *self.far.get(&o)?,
+        };
+        self.at(Place::of(slot)?)
     }
 
     /// Adds in `other`'s numbers, as if one table had seen the requests
     /// of both in order of their sequence numbers (no request is in both).
+    /// `other` must not have absorbed a table itself.
     fn absorb(&mut self, mut other: Touched) {
-        // Both are in order of first access: merged, each object keeps the
-        // place of its earlier first access, and its later one is added
-        // there. `other`'s table of places is reused for the merged ones.
-        let mine = std::mem::take(&mut self.stats);
-        let mine_order = std::mem::take(&mut self.order);
-        let theirs = std::mem::take(&mut other.stats);
-        let mut slots = std::mem::take(&mut other.slots);
-        slots.clear();
-        slots.resize(self.slots.len(), 0);
-        let mut merged = Touched {
-            slots,
-            far: std::collections::HashMap::new(),
-            stats: Vec::with_capacity(mine.len() + theirs.len()),
-            order: Vec::with_capacity(mine.len() + theirs.len()),
+        // Both orders are by first access: merged, each object keeps the
+        // place of its earlier first access, and the later is passed over.
+        let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
+        let mut seen_far = std::collections::HashSet::new();
+        let mut first_time = |o: u32| match seen.get_mut(o as usize / 64) {
+            Some(word) => {
+                let bit = 1u64 << (o % 64);
+                let new = *word & bit == 0;
+                *word |= bit;
+                new
+            }
+            None => seen_far.insert(o),
         };
-        let mut a = mine_order.into_iter().zip(mine).peekable();
-        let mut b = other.order.into_iter().zip(theirs).peekable();
+        let total = self.order.len() + other.order.len();
+        let (mut order, mut firsts) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        let mut mine = self.order.iter().zip(&self.firsts).peekable();
+        let mut theirs = other.order.iter().zip(&other.firsts).peekable();
         loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.1.first_seq <= y.1.first_seq => a.next(),
-                (Some(_), None) => a.next(),
-                (_, Some(_)) => b.next(),
+            let next = match (mine.peek(), theirs.peek()) {
+                (Some(a), Some(b)) if a.1 <= b.1 => mine.next(),
+                (Some(_), None) => mine.next(),
+                (_, Some(_)) => theirs.next(),
                 (None, None) => break,
             };
-            let Some((o, st)) = next else { break };
-            let into = merged.slot(o);
-            if into.first_seq == 0 {
-                *into = st;
-            } else {
-                into.requests += st.requests;
-                into.bytes_read += st.bytes_read;
-                into.bytes_written += st.bytes_written;
-                into.coverage.absorb(&st.coverage);
+            if let Some((&o, &at)) = next {
+                if first_time(o) {
+                    order.push(o);
+                    firsts.push(at);
+                }
             }
         }
-        *self = merged;
+        // The numbers of objects in both are added where this table keeps
+        // them; the others stay where `other` keeps them, taken over whole
+        // if this table has no such second table yet.
+        let take_over = self.extra.is_empty() && other.extra.is_empty();
+        for (i, (&o, theirs)) in other.order.iter().zip(&mut other.stats).enumerate() {
+            let slot = match self.slots.get(o as usize) {
+                Some(&s) => s,
+                None => self.far.get(&o).copied().unwrap_or(0),
+            };
+            let into = match Place::of(slot) {
+                Some(Place::Stats(j)) => self.stats.get_mut(j),
+                Some(Place::Extra(j)) => self.extra.get_mut(j),
+                None if take_over => {
+                    // Indices of `other.stats` are below 2^31, as its
+                    // slots were.
+                    *self.slot_mut(o) = EXTRA | (i as u32 + 1);
+                    continue;
+                }
+                None => self.entry(o, theirs.first_seq, theirs.first_time()),
+            };
+            let Some(into) = into else { continue };
+            if into.first_seq == 0 {
+                *into = std::mem::take(theirs);
+                continue;
+            }
+            if theirs.first_seq < into.first_seq {
+                into.first_seq = theirs.first_seq;
+                into.first_time = theirs.first_time;
+            }
+            into.requests += theirs.requests;
+            into.bytes_read += theirs.bytes_read;
+            into.bytes_written += theirs.bytes_written;
+            into.coverage.absorb(&theirs.coverage);
+        }
+        if take_over {
+            self.extra = other.stats;
+        }
+        self.order = order;
+        self.firsts = firsts;
     }
 
     /// Objects in order of first access.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &ObjectStats)> {
-        self.order.iter().copied().zip(&self.stats)
+        self.order.iter().filter_map(|&o| Some((o, self.get(o)?)))
     }
 }
 
@@ -1056,7 +1124,9 @@ impl Tally {
         }
         let mut new_bytes = 0;
         if let (Some(o), true) = (p.object, self.keep_stats) {
-            let st = self.touched.entry(o, seq, time);
+            let Some(st) = self.touched.entry(o, seq, time) else {
+                return 0;
+            };
             if *last_object != Some(o) {
                 st.requests += 1;
             }
@@ -1074,8 +1144,12 @@ impl Tally {
     /// Renumbers the requests counted: `seq` becomes `renumber(seq)`,
     /// which must keep their order.
     pub(crate) fn renumber(&mut self, renumber: impl Fn(u64) -> u64) {
-        for st in &mut self.touched.stats {
+        let t = &mut self.touched;
+        for st in t.stats.iter_mut().chain(&mut t.extra) {
             st.first_seq = renumber(st.first_seq);
+        }
+        for f in &mut t.firsts {
+            *f = renumber(*f);
         }
         for f in &mut self.free_reads.first {
             f.0 = renumber(f.0);
