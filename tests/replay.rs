@@ -1806,7 +1806,10 @@ fn parallel_counts_agree_with_the_replay_in_order() {
     let o = nbdkit(&s, &s.img, &log, &[], &[], &script);
     assert!(o.status.success(), "{}", describe(&o));
     let len = std::fs::metadata(&log).unwrap().len();
-    assert!(len > 2 << 20, "a trace of {len} bytes spans fewer than three chunks");
+    assert!(
+        len > 2 << 20,
+        "a trace of {len} bytes spans fewer than three chunks"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     // Each nbdcopy opens a connection of its own to read (and one more
     // to look at the export first).
@@ -1816,15 +1819,27 @@ fn parallel_counts_agree_with_the_replay_in_order() {
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("connection=")))
         .collect();
     assert!(reading.len() >= 3, "{reading:?}");
-    for view in [&["--summary"][..], &["--summary", "--csv"], &["--boot-list"]] {
+    for view in [
+        &["--summary"][..],
+        &["--summary", "--csv"],
+        &["--boot-list"],
+    ] {
         let from_file = replay(&s.map, &log, view);
         let from_pipe = replay_stdin(&s.map, &log, view);
         assert_eq!(from_file.status.code(), Some(0), "{}", describe(&from_file));
         assert_eq!(from_pipe.status.code(), Some(0), "{}", describe(&from_pipe));
         // Only the trace's name differs: a pipe is "stdin".
         let named = stdout(&from_pipe).replacen("trace stdin ", "trace small-requests.log ", 1);
-        assert!(stdout(&from_file) == named, "{view:?} differs:\n{}", describe(&from_file));
-        assert!(stdout(&from_file).lines().count() > 20, "{}", describe(&from_file));
+        assert!(
+            stdout(&from_file) == named,
+            "{view:?} differs:\n{}",
+            describe(&from_file)
+        );
+        assert!(
+            stdout(&from_file).lines().count() > 20,
+            "{}",
+            describe(&from_file)
+        );
     }
     // Three copies of the disk: every byte read three times.
     let v = summary(&s.map, &log, &[], 0);

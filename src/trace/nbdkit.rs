@@ -244,15 +244,11 @@ impl Waiting {
         }
     }
 
-    /// Whether a request with an id in `lo..=hi` is pending.
-    fn any_between(&self, lo: u64, hi: u64) -> bool {
+    /// Whether a request whose id is `wanted` is pending.
+    fn any_pending(&self, wanted: impl Fn(u64) -> bool) -> bool {
         self.len > 0
-            && (self
-                .ring
-                .iter()
-                .flatten()
-                .any(|(id, _)| (lo..=hi).contains(id))
-                || self.spill.keys().any(|id| (lo..=hi).contains(id)))
+            && (self.ring.iter().flatten().any(|(id, _)| wanted(*id))
+                || self.spill.keys().any(|&id| wanted(id)))
     }
 
     /// Everything pending, taken out with its id.
@@ -332,14 +328,13 @@ impl InFlight {
         left
     }
 
-    /// Whether a request on `connection` with an id in `lo..=hi` is
-    /// pending.
-    fn any_between(&self, connection: Option<u64>, lo: u64, hi: u64) -> bool {
+    /// Whether a request on `connection` whose id is `wanted` is pending.
+    fn any_pending(&self, connection: Option<u64>, wanted: impl Fn(u64) -> bool) -> bool {
         let waiting = match connection {
             Some(c) if c < SMALL_CONNECTIONS => self.small.get(c as usize),
             _ => self.other.get(&connection),
         };
-        waiting.is_some_and(|w| w.any_between(lo, hi))
+        waiting.is_some_and(|w| w.any_pending(wanted))
     }
 
     /// Everything pending, taken out with its id.
