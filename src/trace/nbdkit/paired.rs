@@ -74,7 +74,7 @@ pub struct PairedChunk {
     /// ranges: nbdkit numbers a connection's requests in turn, and its
     /// threads log them nearly in that order, so a chunk's ids are a few
     /// runs, whatever their number.
-    ids: Vec<(Option<u64>, Vec<(u64, u64)>)>,
+    ids: Vec<(Option<u64>, Runs)>,
     /// Connections in `ids` (its inner lists are kept for the next chunk).
     connections: usize,
     /// Requests in flight within the chunk at most.
@@ -137,12 +137,15 @@ impl PairedChunk {
     }
 }
 
+/// Sorted, disjoint, non-adjacent ranges of ids, ends included.
+type Runs = Vec<(u64, u64)>;
+
 /// Runs of ids on one connection a chunk keeps at most: more, and it is
 /// replayed in order.
 const MAX_RUNS: usize = 1024;
 
 /// Adds `id` to sorted, disjoint, non-adjacent `runs`.
-fn add_run(runs: &mut Vec<(u64, u64)>, id: u64) {
+fn add_run(runs: &mut Runs, id: u64) {
     let i = runs.partition_point(|r| r.1 < id);
     if runs.get(i).is_some_and(|r| r.0 <= id) {
         return;
