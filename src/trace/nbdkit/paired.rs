@@ -13,8 +13,9 @@
 //! A chunk the joiner cannot place exactly — a bad line, a request id
 //! reused within the chunk or colliding with one still open from before,
 //! a completion whose op does not match its request, more requests in
-//! flight than [`MAX_PENDING`] allows — is refused; the caller then
-//! replays the trace the sequential way, which reports all of those.
+//! flight than [`MAX_PENDING`] allows, a request of 4 GiB or more, ids
+//! too scattered to keep as runs — is refused; the caller then replays
+//! the trace the sequential way, which reports what is wrong with it.
 //!
 //! Every event, local or not, has a place in the order of the sequential
 //! parser: a local event is the `r`-th of its chunk, and an event the
