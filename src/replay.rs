@@ -1022,7 +1022,7 @@ pub fn write_view(
 
 /// What the views count, request by request: the totals, bytes per kind
 /// and per object, reads of free space. A replay of one thread has one;
-/// the parallel replay has one per worker, joined by [`Tally::absorb`].
+/// the parallel replay has one per worker, added up at the end.
 pub struct Tally {
     pub(crate) totals: Totals,
     pub(crate) kind_bytes: [(u64, u64); GROUPS.len()],
