@@ -7,7 +7,7 @@
 //! is little: completions whose request lies in an earlier chunk,
 //! disconnects, `Connect` lines, and requests still open at the chunk's
 //! end. A worker hands those over in a [`PairedChunk`], and a [`Joiner`]
-//! takes them in chunk order through the same [`Pairing`] the sequential
+//! takes them in chunk order through the same pairing the sequential
 //! parser uses, so the events that cross chunks are exactly its events.
 //!
 //! A chunk the joiner cannot place exactly — a bad line, a request id
