@@ -1,6 +1,7 @@
-//! The nbdkit trace parser over arbitrary bytes (see trace_check.rs), and
-//! the parallel parser against the sequential one, in chunks whose size
-//! the input's first byte picks.
+//! The nbdkit trace parser over arbitrary bytes (see trace_check.rs); the
+//! parallel parser, and the chunk-by-chunk pairing the parallel count
+//! uses (unless it refuses the trace), against the sequential parser, in
+//! chunks whose size the input's first byte picks.
 #![no_main]
 
 use std::sync::Arc;
@@ -22,4 +23,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| format!("{e:?}"))
         .collect();
     assert_eq!(got, want, "chunks of {chunk} bytes");
+    if let Some(joined) = nbdkit::paired::joined_in_order(data, chunk) {
+        let joined: Vec<String> = joined.iter().map(|e| e.comparable()).collect();
+        let want: Vec<String> = events(Format::Nbdkit, data, &ParseOptions::default())
+            .map(|e| nbdkit::paired::comparable(&e))
+            .collect();
+        assert_eq!(joined, want, "paired in chunks of {chunk} bytes");
+    }
 });
