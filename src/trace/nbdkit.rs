@@ -1331,6 +1331,14 @@ fn timestamp(l: &[u8]) -> Option<(f64, &[u8])> {
 
 /// [`timestamp`]'s whole seconds and fraction, apart.
 fn timestamp_parts(l: &[u8]) -> Option<(i64, f64, &[u8])> {
+    let secs = date_seconds(l)?;
+    let (frac, rest) = fraction(&l[19..])?;
+    Some((secs, frac, rest))
+}
+
+/// The seconds since the epoch that the `YYYY-MM-DD HH:MM:SS` at the start
+/// of `l` spells (as UTC).
+fn date_seconds(l: &[u8]) -> Option<i64> {
     if l.len() < 19 || !l[0].is_ascii_digit() {
         return None;
     }
@@ -1350,9 +1358,7 @@ fn timestamp_parts(l: &[u8]) -> Option<(i64, f64, &[u8])> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    let (frac, rest) = fraction(&l[19..])?;
-    let secs = days_from_civil(y, mo, da) * 86400 + h * 3600 + mi * 60 + s;
-    Some((secs, frac, rest))
+    Some(days_from_civil(y, mo, da) * 86400 + h * 3600 + mi * 60 + s)
 }
 
 /// The last `YYYY-MM-DD HH:MM:SS` read and its seconds: consecutive lines
@@ -1387,12 +1393,13 @@ impl DateCache {
     /// which stalls the load (measured: a fifth of the pairing's time).
     #[inline(always)]
     fn stamp<'a>(&mut self, l: &'a [u8]) -> Option<(Stamp, &'a [u8])> {
+        // The fraction is read first: a line whose fraction is bad leaves
+        // the cache as it was.
+        let ((digits, count), rest) = fraction_digits(l.get(19..)?)?;
         if !(self.text[0] != 0 && same_date(l, &self.text)) {
-            let (secs, _, _) = timestamp_parts(l)?;
+            self.secs = date_seconds(l)? as f64;
             self.text.copy_from_slice(&l[..19]);
-            self.secs = secs as f64;
         }
-        let ((digits, count), rest) = fraction_digits(&l[19..])?;
         Some((
             Stamp {
                 secs: self.secs,
@@ -1405,14 +1412,7 @@ impl DateCache {
 
     #[cfg(test)]
     fn timestamp<'a>(&mut self, l: &'a [u8]) -> Option<(f64, &'a [u8])> {
-        if self.text[0] != 0 && same_date(l, &self.text) {
-            let (frac, rest) = fraction(&l[19..])?;
-            return Some((self.secs + frac, rest));
-        }
-        let (secs, frac, rest) = timestamp_parts(l)?;
-        self.text.copy_from_slice(&l[..19]);
-        self.secs = secs as f64;
-        Some((self.secs + frac, rest))
+        self.stamp(l).map(|(s, rest)| (s.seconds(), rest))
     }
 }
 
