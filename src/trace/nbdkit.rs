@@ -251,27 +251,15 @@ impl Waiting {
                 || self.spill.keys().any(|&id| wanted(id)))
     }
 
-    /// Everything pending, taken out with its id.
-    fn drain_with_ids(&mut self, into: &mut Vec<(u64, Pending)>) {
-        if self.len == 0 {
-            return;
+    /// Everything pending, taken out and handed to `put` with its id.
+    fn drain(&mut self, mut put: impl FnMut(u64, Pending)) {
+        let in_ring = self.len - self.spill.len();
+        for (id, p) in self.ring.iter_mut().filter_map(Option::take).take(in_ring) {
+            put(id, p);
         }
-        let in_ring = self.len - self.spill.len();
-        into.extend(self.ring.iter_mut().filter_map(Option::take).take(in_ring));
-        into.extend(self.spill.drain());
-        self.len = 0;
-    }
-
-    /// Everything pending, taken out.
-    fn drain(&mut self, into: &mut Vec<Pending>) {
-        let in_ring = self.len - self.spill.len();
-        into.extend(
-            self.ring
-                .iter_mut()
-                .filter_map(|s| s.take().map(|(_, p)| p))
-                .take(in_ring),
-        );
-        into.extend(self.spill.drain().map(|(_, p)| p));
+        for (id, p) in self.spill.drain() {
+            put(id, p);
+        }
         self.len = 0;
     }
 }
@@ -316,45 +304,56 @@ impl InFlight {
         match connection {
             Some(c) if c < SMALL_CONNECTIONS => {
                 if let Some(w) = self.small.get_mut(c as usize) {
-                    w.drain(&mut left);
+                    w.drain(|_, p| left.push(p));
                 }
             }
             _ => {
                 if let Some(mut w) = self.other.remove(&connection) {
-                    w.drain(&mut left);
+                    w.drain(|_, p| left.push(p));
                 }
             }
         }
         left
     }
 
-    /// Whether a request on `connection` whose id is `wanted` is pending.
-    fn any_pending(&self, connection: Option<u64>, wanted: impl Fn(u64) -> bool) -> bool {
-        let waiting = match connection {
+    fn get(&self, connection: Option<u64>) -> Option<&Waiting> {
+        match connection {
             Some(c) if c < SMALL_CONNECTIONS => self.small.get(c as usize),
             _ => self.other.get(&connection),
-        };
-        waiting.is_some_and(|w| w.any_pending(wanted))
+        }
     }
 
-    /// Everything pending, taken out with its id.
-    fn drain_with_ids(&mut self, into: &mut Vec<(u64, Pending)>) {
+    /// Whether a request on `connection` whose id is `wanted` is pending.
+    fn any_pending(&self, connection: Option<u64>, wanted: impl Fn(u64) -> bool) -> bool {
+        self.get(connection).is_some_and(|w| w.any_pending(wanted))
+    }
+
+    /// Takes out request `id` on `connection` if its op is `op`; else the
+    /// request pending with that id, if any (see [`Waiting::complete`]).
+    #[inline]
+    fn complete(
+        &mut self,
+        connection: Option<u64>,
+        id: u64,
+        op: Op,
+    ) -> Result<Pending, Option<Pending>> {
+        self.get_mut(connection)
+            .map_or(Err(None), |w| w.complete(id, op))
+    }
+
+    /// Everything pending, taken out and handed to `put` with its id.
+    fn drain_each(&mut self, mut put: impl FnMut(u64, Pending)) {
         for w in &mut self.small {
-            w.drain_with_ids(into);
+            w.drain(&mut put);
         }
         for (_, mut w) in self.other.drain() {
-            w.drain_with_ids(into);
+            w.drain(&mut put);
         }
     }
 
     fn drain(&mut self) -> Vec<Pending> {
         let mut left = Vec::new();
-        for w in &mut self.small {
-            w.drain(&mut left);
-        }
-        for (_, mut w) in self.other.drain() {
-            w.drain(&mut left);
-        }
+        self.drain_each(|_, p| left.push(p));
         left
     }
 }
@@ -443,11 +442,7 @@ impl Pairing {
         id: u64,
         failed: Option<String>,
     ) -> Option<Item> {
-        match self
-            .pending
-            .get_mut(connection)
-            .map_or(Err(None), |w| w.complete(id, op))
-        {
+        match self.pending.complete(connection, id, op) {
             Ok(p) => {
                 self.npending -= 1;
                 Some(Ok(Event::Request(p.into_request(failed))))

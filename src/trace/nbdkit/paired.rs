@@ -229,10 +229,7 @@ impl ChunkPairer {
                     op,
                     id,
                     failed,
-                }) => match pending
-                    .get_mut(connection)
-                    .map_or(Err(None), |w| w.complete(id, op))
-                {
+                }) => match pending.complete(connection, id, op) {
                     Ok(p) => {
                         *npending -= 1;
                         out.local.push(Local::of(&p, failed.is_some()));
@@ -277,7 +274,7 @@ impl ChunkPairer {
         // Whatever is still open goes to the joiner, and the table is
         // left empty for the next chunk.
         scratch.clear();
-        pending.drain_with_ids(scratch);
+        pending.drain_each(|id, p| scratch.push((id, p)));
         *npending = 0;
         scratch.sort_by_key(|(_, p)| p.line);
         out.open.append(scratch);
