@@ -114,8 +114,7 @@ where
             let pace = Pace {
                 first: w as u64,
                 stride: workers as u64,
-                // A chunk's events are numbered in 32 bits.
-                chunk: chunk.clamp(1, 1 << 30),
+                chunk,
             };
             handles
                 .push(scope.spawn(move || work(src, pace, slot, gate, stop, &chunk_tx, &spent_rx)));

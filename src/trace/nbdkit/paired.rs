@@ -13,7 +13,8 @@
 //! A chunk the joiner cannot place exactly — a bad line, a request id
 //! reused within the chunk or colliding with one still open from before,
 //! a completion whose op does not match its request, more requests in
-//! flight than [`MAX_PENDING`] allows, a request of 4 GiB or more, ids
+//! flight than [`MAX_PENDING`] allows, a request of 4 GiB or more
+//! completed within the chunk, ids
 //! too scattered to keep as runs — is refused; the caller then replays
 //! the trace the sequential way, which reports what is wrong with it.
 //!
@@ -43,15 +44,15 @@ pub struct Local {
 }
 
 impl Local {
-    fn of(p: &Pending, failed: bool) -> Self {
-        Local {
+    /// `p` as a local event; `None` for a request of 4 GiB or more.
+    fn of(p: &Pending, failed: bool) -> Option<Self> {
+        Some(Local {
             time: if p.has_time { p.time } else { f64::NAN },
             offset: p.offset,
-            // Checked as the request was taken in.
-            length: p.length as u32,
+            length: u32::try_from(p.length).ok()?,
             op: p.op,
             failed,
-        }
+        })
     }
 
     pub fn time(&self) -> Option<f64> {
@@ -130,11 +131,28 @@ impl PairedChunk {
         runs.len() <= MAX_RUNS
     }
 
+    /// The number of local events so far: where an edge goes among them.
+    /// A chunk has fewer lines than 2^32 (see [`ChunkPairer::pair`]).
+    fn rank(&self) -> u32 {
+        u32::try_from(self.local.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Adds a local event; false if it cannot be one.
+    fn push(&mut self, p: &Pending, failed: bool) -> bool {
+        match Local::of(p, failed) {
+            Some(l) => {
+                self.local.push(l);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Local events of a line that yields several (a disconnect), in
-    /// the order of their request lines.
-    fn push_cut_off(&mut self, mut left: Vec<Pending>) {
+    /// the order of their request lines; false if one cannot be one.
+    fn push_cut_off(&mut self, mut left: Vec<Pending>) -> bool {
         left.sort_by_key(|p| p.line);
-        self.local.extend(left.iter().map(|p| Local::of(p, true)));
+        left.iter().all(|p| self.push(p, true))
     }
 }
 
@@ -181,8 +199,9 @@ pub struct ChunkPairer {
 }
 
 impl ChunkPairer {
-    /// Reads and pairs chunk `k` (bytes `k * size` on) of `src` into
-    /// `out`. An error reading the trace is returned as it is.
+    /// Reads and pairs chunk `k` (bytes `k * size` on, `size` at most
+    /// 1 GiB, so that a chunk's lines and events count in 32 bits) of
+    /// `src` into `out`. An error reading the trace is returned as it is.
     pub fn pair<S: PositionalRead + ?Sized>(
         &mut self,
         src: &S,
@@ -191,6 +210,7 @@ impl ChunkPairer {
         out: &mut PairedChunk,
     ) -> io::Result<()> {
         out.clear();
+        let size = size.clamp(1, super::MAX_CHUNK);
         let Self {
             window,
             dates,
@@ -206,10 +226,6 @@ impl ChunkPairer {
             match parse_line(l, n, dates) {
                 Ok(Parsed::Skip) => {}
                 Ok(Parsed::Request { id, pending: p }) => {
-                    if u32::try_from(p.length).is_err() {
-                        out.odd = true;
-                        return false;
-                    }
                     let connection = p.connection();
                     if !out.saw_request(connection, id) {
                         out.odd = true;
@@ -232,14 +248,17 @@ impl ChunkPairer {
                 }) => match pending.complete(connection, id, op) {
                     Ok(p) => {
                         *npending -= 1;
-                        out.local.push(Local::of(&p, failed.is_some()));
+                        if !out.push(&p, failed.is_some()) {
+                            out.odd = true;
+                            return false;
+                        }
                     }
                     Err(Some(_)) => {
                         out.odd = true;
                         return false;
                     }
                     Err(None) => {
-                        let rank = out.local.len() as u32;
+                        let rank = out.rank();
                         out.edges.push((
                             rank,
                             n,
@@ -256,13 +275,16 @@ impl ChunkPairer {
                     // Requests open from earlier chunks are cut off first
                     // (their lines come first), by the joiner.
                     out.edges
-                        .push((out.local.len() as u32, n, Parsed::Disconnect { connection }));
+                        .push((out.rank(), n, Parsed::Disconnect { connection }));
                     let left = pending.take(connection);
                     *npending -= left.len();
-                    out.push_cut_off(left);
+                    if !out.push_cut_off(left) {
+                        out.odd = true;
+                        return false;
+                    }
                 }
                 Ok(connect @ Parsed::Connect { .. }) => {
-                    out.edges.push((out.local.len() as u32, n, connect));
+                    out.edges.push((out.rank(), n, connect));
                 }
                 Err(_) => {
                     out.odd = true;
