@@ -431,15 +431,12 @@ impl Touched {
     /// objects.
     #[inline]
     fn entry(&mut self, o: u32, seq: u64, time: Option<f64>) -> Option<&mut ObjectStats> {
-        let next = u32::try_from(self.stats.len() + 1)
-            .ok()
-            .filter(|&n| n < EXTRA);
-        let slot = match self.slots.get_mut(o as usize) {
-            Some(s) => s,
-            None => self.far.entry(o).or_default(),
-        };
-        if *slot == 0 {
-            *slot = next?;
+        let mut slot = *self.slot_mut(o);
+        if slot == 0 {
+            slot = u32::try_from(self.stats.len() + 1)
+                .ok()
+                .filter(|&n| n < EXTRA)?;
+            *self.slot_mut(o) = slot;
             self.stats.push(ObjectStats {
                 first_seq: seq,
                 first_time: time.unwrap_or(f64::NAN),
@@ -448,7 +445,7 @@ impl Touched {
             self.order.push(o);
             self.firsts.push(seq);
         }
-        match Place::of(*slot)? {
+        match Place::of(slot)? {
             Place::Stats(i) => self.stats.get_mut(i),
             Place::Extra(i) => self.extra.get_mut(i),
         }
@@ -459,10 +456,12 @@ impl Touched {
         self.get(o).map_or(0, |s| s.requests)
     }
 
-    /// Object `o`'s slot (see [`Place`]), 0 for one not touched (or
-    /// beyond the table of slots).
+    /// Object `o`'s slot (see [`Place`]), 0 for one not touched.
     fn slot_of(&self, o: u32) -> u32 {
-        self.slots.get(o as usize).copied().unwrap_or(0)
+        match self.slots.get(o as usize) {
+            Some(&s) => s,
+            None => self.far.get(&o).copied().unwrap_or(0),
+        }
     }
 
     /// Requests so far on the object with slot `slot`.
@@ -473,11 +472,7 @@ impl Touched {
     }
 
     fn get(&self, o: u32) -> Option<&ObjectStats> {
-        let slot = match self.slots.get(o as usize) {
-            Some(&s) => s,
-            None => *self.far.get(&o)?,
-        };
-        self.at(Place::of(slot)?)
+        self.at(Place::of(self.slot_of(o))?)
     }
 
     /// Adds in `other`'s numbers, as if one table had seen the requests
@@ -520,11 +515,7 @@ impl Touched {
         // if this table has no such second table yet.
         let take_over = self.extra.is_empty() && other.extra.is_empty();
         for (i, (&o, theirs)) in other.order.iter().zip(&mut other.stats).enumerate() {
-            let slot = match self.slots.get(o as usize) {
-                Some(&s) => s,
-                None => self.far.get(&o).copied().unwrap_or(0),
-            };
-            let into = match Place::of(slot) {
+            let into = match Place::of(self.slot_of(o)) {
                 Some(Place::Stats(j)) => self.stats.get_mut(j),
                 Some(Place::Extra(j)) => self.extra.get_mut(j),
                 None if take_over => {
@@ -536,10 +527,6 @@ impl Touched {
                 None => self.entry(o, theirs.first_seq, theirs.first_time()),
             };
             let Some(into) = into else { continue };
-            if into.first_seq == 0 {
-                *into = std::mem::take(theirs);
-                continue;
-            }
             if theirs.first_seq < into.first_seq {
                 into.first_seq = theirs.first_seq;
                 into.first_time = theirs.first_time;
@@ -1750,24 +1737,9 @@ impl Cells<'_> {
         s.bytes().rev().try_for_each(|b| self.byte(b))
     }
 
-    /// `n` in decimal, two digits per division.
-    fn digits(&mut self, mut n: u64) -> Option<()> {
-        const PAIRS: &[u8; 200] = b"\
-            0001020304050607080910111213141516171819\
-            2021222324252627282930313233343536373839\
-            4041424344454647484950515253545556575859\
-            6061626364656667686970717273747576777879\
-            8081828384858687888990919293949596979899";
-        while n >= 10 {
-            let d = (n % 100) as usize * 2;
-            self.byte(PAIRS[d + 1])?;
-            if n < 100 {
-                return self.byte(PAIRS[d]);
-            }
-            self.byte(PAIRS[d])?;
-            n /= 100;
-        }
-        self.byte(b'0' + n as u8)
+    /// `n` in decimal.
+    fn digits(&mut self, n: u64) -> Option<()> {
+        self.text(itoa::Buffer::new().format(n))
     }
 
     /// `v` with `prec` decimals, as `push_fixed` writes it.
