@@ -1388,11 +1388,16 @@ impl DateCache {
     /// which stalls the load (measured: a fifth of the pairing's time).
     #[inline(always)]
     fn stamp<'a>(&mut self, l: &'a [u8]) -> Option<(Stamp, &'a [u8])> {
-        // The fraction is read first: a line whose fraction is bad leaves
-        // the cache as it was.
-        let ((digits, count), rest) = fraction_digits(l.get(19..)?)?;
-        if !(self.text[0] != 0 && same_date(l, &self.text)) {
-            self.secs = date_seconds(l)? as f64;
+        let fresh = if self.text[0] != 0 && same_date(l, &self.text) {
+            None
+        } else {
+            Some(date_seconds(l)?)
+        };
+        // Both ways, `l` holds 19 bytes of date. A line whose fraction is
+        // bad leaves the cache as it was.
+        let ((digits, count), rest) = fraction_digits(&l[19..])?;
+        if let Some(secs) = fresh {
+            self.secs = secs as f64;
             self.text.copy_from_slice(&l[..19]);
         }
         Some((
