@@ -45,6 +45,7 @@ pub struct Local {
 
 impl Local {
     /// `p` as a local event; `None` for a request of 4 GiB or more.
+    #[inline]
     fn of(p: &Pending, failed: bool) -> Option<Self> {
         Some(Local {
             time: if p.has_time { p.time } else { f64::NAN },
@@ -138,6 +139,7 @@ impl PairedChunk {
     }
 
     /// Adds a local event; false if it cannot be one.
+    #[inline]
     fn push(&mut self, p: &Pending, failed: bool) -> bool {
         match Local::of(p, failed) {
             Some(l) => {
