@@ -1737,9 +1737,27 @@ impl Cells<'_> {
         s.bytes().rev().try_for_each(|b| self.byte(b))
     }
 
-    /// `n` in decimal.
-    fn digits(&mut self, n: u64) -> Option<()> {
-        self.text(itoa::Buffer::new().format(n))
+    /// `n` in decimal, two digits per division. Not `itoa`: it writes
+    /// left to right into a buffer of its own, and copying that back
+    /// into the cell cost a third more for the summary lines (callgrind:
+    /// 35 M -> 50 M instructions on the 250k trace).
+    fn digits(&mut self, mut n: u64) -> Option<()> {
+        const PAIRS: &[u8; 200] = b"\
+            0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        while n >= 10 {
+            let d = (n % 100) as usize * 2;
+            self.byte(PAIRS[d + 1])?;
+            if n < 100 {
+                return self.byte(PAIRS[d]);
+            }
+            self.byte(PAIRS[d])?;
+            n /= 100;
+        }
+        self.byte(b'0' + n as u8)
     }
 
     /// `v` with `prec` decimals, as `push_fixed` writes it.
