@@ -322,10 +322,12 @@ impl Joined {
     }
 
     /// The sequence number of the request [`key`] `key` stands for.
+    /// Every chunk a worker counted was joined ([`Joined::add_up`] checks
+    /// it first), so every key has its chunk.
     fn seq_of(&self, key: u64) -> u64 {
-        let k = (key - 1) >> 32;
-        let r = (key - 1) & 0xffff_ffff;
-        let Some((before, ranks)) = self.chunks.get(k as usize) else {
+        let k = key.saturating_sub(1) >> 32;
+        let r = key.saturating_sub(1) & 0xffff_ffff;
+        let Some((before, ranks)) = usize::try_from(k).ok().and_then(|k| self.chunks.get(k)) else {
             return key;
         };
         let joined_before = ranks.partition_point(|&b| u64::from(b) <= r);
