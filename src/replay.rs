@@ -1231,6 +1231,9 @@ pub struct FreeReads {
 }
 
 impl FreeReads {
+    /// Reads listed by offset at most.
+    const KEEP: usize = 10;
+
     /// Adds in `other`'s reads, none of which are this one's requests.
     fn absorb(&mut self, other: FreeReads) {
         self.requests += other.requests;
@@ -1239,8 +1242,6 @@ impl FreeReads {
         self.first.sort_by_key(|f| f.0);
         self.first.truncate(Self::KEEP);
     }
-
-    const KEEP: usize = 10;
 
     fn add(&mut self, seq: u64, offset: u64, length: u64) {
         if self.last_seq != seq {
