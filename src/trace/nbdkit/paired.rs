@@ -25,7 +25,7 @@
 
 use std::io;
 
-use super::{parse_line, DateCache, InFlight, Pairing, Parsed, Pending, MAX_PENDING};
+use super::{visit_line, DateCache, InFlight, Pairing, Parsed, Pending, Sink, MAX_PENDING};
 use crate::trace::{chunk_lines, Event, Op, PositionalRead, TraceError, Window};
 
 /// A request of a chunk that completed in the same chunk (or was cut off
@@ -225,75 +225,17 @@ impl ChunkPairer {
                 out.odd = true;
                 return false;
             };
-            match parse_line(l, n, dates) {
-                Ok(Parsed::Skip) => {}
-                Ok(Parsed::Request { id, pending: p }) => {
-                    let connection = p.connection();
-                    if !out.saw_request(connection, id) {
-                        out.odd = true;
-                        return false;
-                    }
-                    let waiting = pending.waiting(connection);
-                    if waiting.get_mut(id).is_some() {
-                        out.odd = true;
-                        return false;
-                    }
-                    waiting.insert(id, p);
-                    *npending += 1;
-                    out.most_pending = out.most_pending.max(*npending);
-                }
-                Ok(Parsed::Completion {
-                    connection,
-                    op,
-                    id,
-                    failed,
-                }) => match pending.complete(connection, id, op) {
-                    Ok(p) => {
-                        *npending -= 1;
-                        if !out.push(&p, failed.is_some()) {
-                            out.odd = true;
-                            return false;
-                        }
-                    }
-                    Err(Some(_)) => {
-                        out.odd = true;
-                        return false;
-                    }
-                    Err(None) => {
-                        let rank = out.rank();
-                        out.edges.push((
-                            rank,
-                            n,
-                            Parsed::Completion {
-                                connection,
-                                op,
-                                id,
-                                failed,
-                            },
-                        ));
-                    }
-                },
-                Ok(Parsed::Disconnect { connection }) => {
-                    // Requests open from earlier chunks are cut off first
-                    // (their lines come first), by the joiner.
-                    out.edges
-                        .push((out.rank(), n, Parsed::Disconnect { connection }));
-                    let left = pending.take(connection);
-                    *npending -= left.len();
-                    if !out.push_cut_off(left) {
-                        out.odd = true;
-                        return false;
-                    }
-                }
-                Ok(connect @ Parsed::Connect { .. }) => {
-                    out.edges.push((out.rank(), n, connect));
-                }
-                Err(_) => {
-                    out.odd = true;
-                    return false;
-                }
+            let mut pairs = Pairs {
+                out: &mut *out,
+                pending: &mut *pending,
+                npending: &mut *npending,
+                line: n,
+            };
+            let fine = visit_line(l, n, dates, &mut pairs);
+            if !fine {
+                out.odd = true;
             }
-            true
+            fine
         });
         // Whatever is still open goes to the joiner, and the table is
         // left empty for the next chunk.
@@ -306,6 +248,106 @@ impl ChunkPairer {
         out.lines = end.lines;
         out.last = end.last;
         Ok(())
+    }
+}
+
+/// Pairs one line of a chunk into it: each method says whether the chunk
+/// can still be joined (see the module's notes).
+struct Pairs<'a> {
+    out: &'a mut PairedChunk,
+    pending: &'a mut InFlight,
+    npending: &'a mut usize,
+    /// The line's number in the chunk.
+    line: u64,
+}
+
+impl Pairs<'_> {
+    /// A completion: a local event if its request is in the chunk, an
+    /// edge if it may be in an earlier one.
+    #[inline(always)]
+    fn completed(
+        &mut self,
+        connection: Option<u64>,
+        op: Op,
+        id: u64,
+        failed: Option<String>,
+    ) -> bool {
+        match self.pending.complete(connection, id, op) {
+            Ok(p) => {
+                *self.npending -= 1;
+                self.out.push(&p, failed.is_some())
+            }
+            Err(Some(_)) => false,
+            Err(None) => {
+                let rank = self.out.rank();
+                self.out.edges.push((
+                    rank,
+                    self.line,
+                    Parsed::Completion {
+                        connection,
+                        op,
+                        id,
+                        failed,
+                    },
+                ));
+                true
+            }
+        }
+    }
+}
+
+impl Sink for Pairs<'_> {
+    type Out = bool;
+
+    #[inline(always)]
+    fn request(&mut self, id: u64, p: Pending) -> bool {
+        let connection = p.connection();
+        if !self.out.saw_request(connection, id) {
+            return false;
+        }
+        let waiting = self.pending.waiting(connection);
+        if waiting.get_mut(id).is_some() {
+            return false;
+        }
+        waiting.insert(id, p);
+        *self.npending += 1;
+        self.out.most_pending = self.out.most_pending.max(*self.npending);
+        true
+    }
+
+    #[inline(always)]
+    fn completion(&mut self, connection: u64, op: Op, id: u64) -> bool {
+        self.completed(Some(connection), op, id, None)
+    }
+
+    fn other(&mut self, parsed: Result<Parsed, TraceError>) -> bool {
+        match parsed {
+            Ok(Parsed::Skip) => true,
+            Ok(Parsed::Request { id, pending }) => self.request(id, pending),
+            Ok(Parsed::Completion {
+                connection,
+                op,
+                id,
+                failed,
+            }) => self.completed(connection, op, id, failed),
+            Ok(Parsed::Disconnect { connection }) => {
+                // Requests open from earlier chunks are cut off first
+                // (their lines come first), by the joiner.
+                let rank = self.out.rank();
+                self.out
+                    .edges
+                    .push((rank, self.line, Parsed::Disconnect { connection }));
+                let left = self.pending.take(connection);
+                *self.npending -= left.len();
+                self.out.push_cut_off(left)
+            }
+            Ok(connect @ Parsed::Connect { .. }) => {
+                let rank = self.out.rank();
+                self.out.edges.push((rank, self.line, connect));
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
