@@ -11,6 +11,12 @@
 #   bmap replay TRACE --map MAP             (streaming log view)
 #   wc -l TRACE                             (the floor: read every byte once)
 #
+# and the summary's stages alone (examples/replay_floor.rs, on the same
+# threads with the same allocator): reading the trace and counting lines,
+# reading and pairing it without a map, and all the counting (map,
+# pairing, attribution, adding up) without writing the summary — to show
+# where the summary's time goes, each stage paired with a wc -l run too.
+#
 # N times each (after one untimed warm-up run; each bmap run of the 1M
 # trace right after a `wc -l` run, paired) and prints the median wall
 # time, requests/s (target >= 1,000,000), the ratio bmap/wc (target <= 5),
@@ -64,6 +70,7 @@ FS_IMG=$WORK/fs-8g.img
 # migrated into memory on every read-only open, and that would be timed.
 MAP=$WORK/replay.bmap
 BMAP=$WORK/replay-bmap # a copy: the shared target dir may change under us
+FLOOR=$WORK/replay-floor # examples/replay_floor.rs: the summary's stages alone
 
 # ---------------------------------------------------------------- map
 # The map is bench/index.sh's. Without an image, run index.sh (it builds the
@@ -92,9 +99,10 @@ PY
 
 build_bmap() {
     [[ -x $BMAP && ${BMAP_BUILT:-} == 1 ]] && return
-    say "cargo build --release --bin bmap (may wait for the shared target dir's lock)"
-    (cd "$REPO" && cargo build --release --bin bmap >&2)
+    say "cargo build --release --bin bmap --example replay_floor (may wait for the shared target dir's lock)"
+    (cd "$REPO" && cargo build --release --bin bmap --example replay_floor >&2)
     cp "${CARGO_TARGET_DIR:-$REPO/target}/release/bmap" "$BMAP"
+    cp "${CARGO_TARGET_DIR:-$REPO/target}/release/examples/replay_floor" "$FLOOR"
     BMAP_BUILT=1
 }
 
@@ -478,6 +486,12 @@ if ((HAVE_REPLAY)); then
 
     OK_RC=2 bench_paired summary "$BMAP" replay "$TRACE" --map "$MAP" --summary
     OK_RC=2 bench_paired stream "$BMAP" replay "$TRACE" --map "$MAP"
+    # The summary's first stages alone, with as many threads: reading the
+    # trace, reading and pairing it, and all the counting (map, pairing,
+    # attribution, adding up) without writing the summary.
+    bench_paired floor_lines "$FLOOR" lines "$TRACE"
+    bench_paired floor_pair "$FLOOR" pair "$TRACE"
+    bench_paired floor_count "$FLOOR" count "$TRACE" "$MAP"
     OK_RC=2 bench summary_p "$BMAP" replay "$TRACE_P" --map "$MAP" --summary
     OK_RC=2 bench stream_p "$BMAP" replay "$TRACE_P" --map "$MAP"
 fi
@@ -527,6 +541,16 @@ echo "(bmap/wc: median of each run's ratio to a wc -l run just before it; fastes
     "fastest/fastest: summary $(ratio "$(min_s summary)" "$(min_s wc_summary)"), stream $(ratio "$(min_s stream)" "$(min_s wc_stream)"))"
 echo "(loading the map takes $(med_s empty) s of that; without it: summary $(rps "$REQUESTS" "$(awk -v a="$(med_s summary)" -v b="$(med_s empty)" 'BEGIN {print a - b}')")," \
     "stream $(rps "$REQUESTS" "$(awk -v a="$(med_s stream)" -v b="$(med_s empty)" 'BEGIN {print a - b}')") requests/s)"
+echo
+echo "-- where the summary's time goes: its stages alone (examples/replay_floor.rs, same threads, same allocator)"
+hdr stage
+row "read the trace, count lines" floor_lines
+row "+ parse and pair (no map)" floor_pair
+row "+ map, attribution, adding up" floor_count
+row "+ writing the summary (= --summary)" summary
+for v in floor_lines floor_pair floor_count summary; do
+    printf '%-36s bmap/wc = %s\n' "$v" "$(pair_ratio $v)"
+done
 echo
 echo "-- memory vs trace length ($PREFIX vs $REQUESTS requests; peak RSS medians)"
 echo "baseline (empty trace: map index only): $(med_mib empty) MiB"

@@ -1,0 +1,154 @@
+//! How fast could `bmap replay --summary` be? Times the first stages of its
+//! parallel path on their own, with no map, on as many threads as it uses:
+//!
+//!     cargo run --release --example replay_floor -- STAGE TRACE [MAP]
+//!
+//! - `lines`: each thread reads its 1 MiB chunks of TRACE (`pread`, as the
+//!   replay reads them) and counts their newlines: the cost of reading the
+//!   trace at all, with every core.
+//! - `pair`: each thread reads and pairs its chunks with the replay's own
+//!   `ChunkPairer` (the nbdkit parser and the per-chunk pairing), and
+//!   attributes nothing.
+//! - `count`: what the summary does before it writes anything: loads MAP
+//!   while the threads pair, attributes every request, joins and adds up
+//!   (`bmap::replay::fused::count`).
+//!
+//! It prints what it counted (lines; local requests and chunks handed to
+//! the joiner as they are) so that a run that did nothing shows. Used by
+//! bench/replay.sh: the two stages, timed next to `wc -l` and the full
+//! summary, show how much of the summary's time is the trace and how much
+//! is the map.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use bmap::replay::fused::{self, CHUNK};
+use bmap::replay::MapIndex;
+use bmap::trace::nbdkit::paired::{ChunkPairer, PairedChunk};
+
+// bmap's own allocator (huge pages for its tables, aligned I/O buffers):
+// the stages must pay for memory as `bmap replay` does.
+#[path = "../src/allocator.rs"]
+mod allocator;
+
+#[global_allocator]
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (stage, trace, map) = match args.as_slice() {
+        [stage, trace] => (stage, trace, None),
+        [stage, trace, map] => (stage, trace, Some(map)),
+        _ => {
+            eprintln!("usage: replay_floor lines|pair|count TRACE [MAP]");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = match File::open(trace) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{trace}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // As `bmap replay` counts: a worker per core, at most 8.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    if stage == "count" {
+        let Some(map) = map else {
+            eprintln!("count needs the MAP");
+            return ExitCode::FAILURE;
+        };
+        return count(&file, workers, map);
+    }
+    let counts: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let file = &file;
+                scope.spawn(move || match stage.as_str() {
+                    "lines" => count_lines(file, w, workers),
+                    _ => pair(file, w, workers),
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let (a, b) = counts.iter().fold((0, 0), |(a, b), &(x, y)| (a + x, b + y));
+    match stage.as_str() {
+        "lines" => println!("{a} lines"),
+        "pair" => println!("{a} requests paired within their chunk, {b} chunks"),
+        other => {
+            eprintln!("unknown stage {other}: lines or pair");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The summary's counting, as `bmap replay --summary` does it.
+fn count(file: &File, workers: usize, map: &str) -> ExitCode {
+    let load = || -> bmap::Result<MapIndex> {
+        let conn = bmap::store::open(Path::new(map), false)?;
+        MapIndex::load_packed(&conn)?
+            .ok_or_else(|| bmap::Error::Map(format!("{map}: no packed map")))
+    };
+    match fused::count(file, workers, CHUNK, load) {
+        Ok(counted) => match counted.tally {
+            Some((outcome, _)) => {
+                println!("{} requests counted", outcome.totals.requests);
+                // As the replay does: hundreds of thousands of names are
+                // not freed one by one.
+                std::mem::forget(counted.index);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("the trace needs the in-order replay");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("{map}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Newlines in chunks `w`, `w + stride`…, read one at a time into one
+/// buffer.
+fn count_lines(file: &File, w: usize, stride: usize) -> (u64, u64) {
+    let mut buf = vec![0u8; CHUNK];
+    let (mut lines, mut k) = (0u64, w as u64);
+    loop {
+        let Ok(n) = file.read_at(&mut buf, k * CHUNK as u64) else {
+            return (lines, 0);
+        };
+        if n == 0 {
+            return (lines, 0);
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        k += stride as u64;
+    }
+}
+
+/// Chunks `w`, `w + stride`… paired as the replay's workers pair them:
+/// the requests completed within them, and the chunks.
+fn pair(file: &File, w: usize, stride: usize) -> (u64, u64) {
+    let mut pairer = ChunkPairer::default();
+    let mut chunk = PairedChunk::default();
+    let (mut local, mut chunks, mut k) = (0u64, 0u64, w as u64);
+    loop {
+        if pairer.pair(file, k, CHUNK, &mut chunk).is_err() {
+            return (local, chunks);
+        }
+        local += chunk.local.len() as u64;
+        chunks += 1;
+        if chunk.last || chunk.odd {
+            return (local, chunks);
+        }
+        k += stride as u64;
+    }
+}
