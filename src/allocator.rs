@@ -59,22 +59,14 @@ fn system_layout(layout: Layout) -> Layout {
     }
 }
 
-/// A fresh zeroed mapping of `mapped(size)` bytes starting on a 2 MiB
+/// A fresh mapping of `len` bytes (whole huge pages) starting on a 2 MiB
 /// boundary, or null.
-unsafe fn map_large(size: usize) -> *mut u8 {
-    let Some(len) = mapped(size) else {
-        return ptr::null_mut();
-    };
+unsafe fn map_aligned(len: usize, prot: ProtFlags) -> *mut u8 {
     // Over-map by one huge page, then trim both ends to the boundary.
     let Some(over) = len.checked_add(HUGE) else {
         return ptr::null_mut();
     };
-    let Ok(raw) = mm::mmap_anonymous(
-        ptr::null_mut(),
-        over,
-        ProtFlags::READ | ProtFlags::WRITE,
-        MapFlags::PRIVATE,
-    ) else {
+    let Ok(raw) = mm::mmap_anonymous(ptr::null_mut(), over, prot, MapFlags::PRIVATE) else {
         return ptr::null_mut();
     };
     let raw = raw.cast::<u8>();
@@ -87,9 +79,48 @@ unsafe fn map_large(size: usize) -> *mut u8 {
     if tail > 0 {
         let _ = mm::munmap(start.add(len).cast::<c_void>(), tail);
     }
-    // Advice only: without it the memory is still good, on small pages.
-    let _ = mm::madvise(start.cast::<c_void>(), len, Advice::LinuxHugepage);
     start
+}
+
+/// A fresh zeroed mapping of `mapped(size)` bytes starting on a 2 MiB
+/// boundary, or null.
+unsafe fn map_large(size: usize) -> *mut u8 {
+    let Some(len) = mapped(size) else {
+        return ptr::null_mut();
+    };
+    let start = map_aligned(len, ProtFlags::READ | ProtFlags::WRITE);
+    if !start.is_null() {
+        // Advice only: without it the memory is still good, on small pages.
+        let _ = mm::madvise(start.cast::<c_void>(), len, Advice::LinuxHugepage);
+    }
+    start
+}
+
+/// Moves the mapping of `old_len` bytes at `p` to a fresh 2 MiB boundary,
+/// `new_len` bytes long; null if it cannot, and then `p` is as it was.
+///
+/// The pages move rather than being copied: a copy writes the whole block
+/// into fresh memory, each page of which is a fault (a growing table of
+/// per-object numbers spent more on those than on being filled). The
+/// target is reserved on a boundary first, so that huge pages stay huge;
+/// the moved mapping brings its advice along.
+unsafe fn move_large(p: *mut u8, old_len: usize, new_len: usize) -> *mut u8 {
+    let q = map_aligned(new_len, ProtFlags::empty());
+    if q.is_null() {
+        return q;
+    }
+    let moved = mm::mremap_fixed(
+        p.cast::<c_void>(),
+        old_len,
+        new_len,
+        MremapFlags::MAYMOVE,
+        q.cast::<c_void>(),
+    );
+    if moved.is_err() {
+        let _ = mm::munmap(q.cast::<c_void>(), new_len);
+        return ptr::null_mut();
+    }
+    q
 }
 
 unsafe fn unmap_large(p: *mut u8, size: usize) {
@@ -146,6 +177,10 @@ unsafe impl GlobalAlloc for Allocator {
             // mapping keeps the huge-page advice.
             if mm::mremap(p.cast::<c_void>(), old_len, new_len, MremapFlags::empty()).is_ok() {
                 return p;
+            }
+            let q = move_large(p, old_len, new_len);
+            if !q.is_null() {
+                return q;
             }
         }
         let q = self.alloc(new_layout);
@@ -217,5 +252,49 @@ mod tests {
         }
         // A size whose mapping would overflow is refused, not wrapped.
         assert!(mapped(usize::MAX).is_none());
+    }
+
+    /// A large block that cannot grow where it is (something is mapped
+    /// right after it) can move: its bytes come along, it starts on a 2 MiB
+    /// boundary again, its grown part reads as zeros, and what was in the
+    /// way is left alone.
+    #[test]
+    fn blocked_blocks_move_with_their_bytes() {
+        let a = Allocator;
+        unsafe {
+            let big = Layout::from_size_align(2 * LARGE, 8).unwrap();
+            let p = a.alloc(big);
+            assert!(!p.is_null());
+            for i in 0..big.size() {
+                *p.add(i) = (i % 253) as u8;
+            }
+            let after = p.add(mapped(big.size()).unwrap());
+            let Ok(wall) = mm::mmap_anonymous(
+                after.cast::<c_void>(),
+                4096,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED_NOREPLACE,
+            ) else {
+                panic!("could not map a page after the block");
+            };
+            assert_eq!(wall.cast::<u8>(), after);
+            *after = 7;
+            // Moved, not copied into a new block (which realloc would
+            // fall back to).
+            let q = move_large(p, mapped(big.size()).unwrap(), 5 * LARGE);
+            assert!(!q.is_null(), "could not move the block");
+            assert_ne!(q, p);
+            assert_eq!(q as usize % HUGE, 0);
+            for i in 0..big.size() {
+                assert_eq!(*q.add(i), (i % 253) as u8, "byte {i}");
+            }
+            assert!(std::slice::from_raw_parts(q.add(big.size()), 3 * LARGE)
+                .iter()
+                .all(|&b| b == 0));
+            *q.add(5 * LARGE - 1) = 1;
+            assert_eq!(*after, 7);
+            a.dealloc(q, Layout::from_size_align(5 * LARGE, 8).unwrap());
+            let _ = mm::munmap(wall, 4096);
+        }
     }
 }
