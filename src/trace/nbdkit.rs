@@ -1164,7 +1164,7 @@ fn quick<S: Sink>(stamp: Option<Stamp>, rest: &[u8], n: u64, sink: &mut S) -> Op
 }
 
 /// A request's name and what follows the space after it.
-#[inline]
+#[inline(always)]
 fn op_word(s: &[u8]) -> Option<(Op, &[u8])> {
     // By the first letter, then one compare of known length.
     Some(match s.first()? {
@@ -1603,7 +1603,7 @@ fn fraction_digits(l: &[u8]) -> Option<((u64, usize), &[u8])> {
 /// The decimal number that the digits at the start of `bytes` (eight of
 /// them) spell, and how many they are, if fewer than eight: `None` if all
 /// eight are digits.
-#[inline]
+#[inline(always)]
 fn short_digits(bytes: &[u8]) -> Option<(u64, usize)> {
     let w = u64::from_le_bytes(bytes.try_into().ok()?);
     // Each digit becomes its value; any other byte gets its top bit set in
