@@ -366,6 +366,33 @@ pub(crate) fn chunk_lines<S: PositionalRead + ?Sized>(
     win: &mut Window,
     mut f: impl FnMut(u64, Option<&[u8]>) -> bool,
 ) -> io::Result<ChunkEnd> {
+    chunk_lines_with(
+        src,
+        k,
+        size,
+        win,
+        &mut (),
+        |_, _, _| None,
+        |_, n, line| f(n, line),
+    )
+}
+
+/// [`chunk_lines`], with a parser that may tell where a line ends by
+/// reading it: `quick(state, n, rest)` gets the rest of what was read from
+/// line `n`'s start on and, if it took the line, returns the line's length
+/// (its newline, which must follow, is not counted) and whether to go on.
+/// It must take a line only as `f` would take it, and only a line that
+/// ends in a plain `\n`: the two see the same lines, and the newlines of
+/// the lines `quick` takes are not searched for.
+pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
+    src: &S,
+    k: u64,
+    size: usize,
+    win: &mut Window,
+    state: &mut T,
+    mut quick: impl FnMut(&mut T, u64, &[u8]) -> Option<(usize, bool)>,
+    mut f: impl FnMut(&mut T, u64, Option<&[u8]>) -> bool,
+) -> io::Result<ChunkEnd> {
     let size = size.max(1);
     let Some(start) = k.checked_mul(size as u64) else {
         return Ok(ChunkEnd {
@@ -394,25 +421,44 @@ pub(crate) fn chunk_lines<S: PositionalRead + ?Sized>(
     // careful way below.
     let held = win.filled.min(win.buf.len());
     let mut stopped = false;
-    let from = p.min(held);
-    for q in memchr::memchr_iter(b'\n', &win.buf[from..held]) {
-        let q = q + from;
-        if p >= end || q - p > MAX_LINE {
+    while p < end && p < held {
+        let rest = &win.buf[p..held];
+        // A line longer than MAX_LINE is the careful path's: its newline
+        // is not in what `quick` sees.
+        let seen = &rest[..rest.len().min(MAX_LINE + 1)];
+        if let Some((len, go_on)) = quick(state, n + 1, seen) {
+            // `quick` took the line, so this holds; were it not to, the
+            // line would be read again below.
+            debug_assert_eq!(seen.get(len), Some(&b'\n'));
+            if seen.get(len) == Some(&b'\n') {
+                n += 1;
+                p += len + 1;
+                if !go_on {
+                    stopped = true;
+                    break;
+                }
+                continue;
+            }
+        }
+        let Some(q) = memchr::memchr(b'\n', rest) else {
+            break;
+        };
+        if q > MAX_LINE {
             break;
         }
         n += 1;
-        if !f(n, Some(trim_eol(&win.buf[p..q]))) {
+        if !f(state, n, Some(trim_eol(&rest[..q]))) {
             stopped = true;
             break;
         }
-        p = q + 1;
+        p += q + 1;
     }
     while p < end && !stopped {
         // A line's newline must lie within MAX_LINE bytes.
         let limit = p + MAX_LINE + 1;
         if let Some(q) = win.find_newline(src, p, limit)? {
             n += 1;
-            if !f(n, Some(trim_eol(&win.buf[p..q]))) {
+            if !f(state, n, Some(trim_eol(&win.buf[p..q]))) {
                 break;
             }
             p = q + 1;
@@ -423,12 +469,12 @@ pub(crate) fn chunk_lines<S: PositionalRead + ?Sized>(
             // empty: then it is no line).
             if p < win.filled {
                 n += 1;
-                f(n, Some(trim_eol(&win.buf[p..win.filled])));
+                f(state, n, Some(trim_eol(&win.buf[p..win.filled])));
             }
             break;
         }
         n += 1;
-        if !f(n, None) {
+        if !f(state, n, None) {
             break;
         }
         // The rest of the line is skipped, up to a newline that a line of

@@ -1039,10 +1039,29 @@ fn visit_line<S: Sink>(l: &[u8], n: u64, cache: &mut DateCache, sink: &mut S) ->
         Some((t, r)) => (Some(t), r),
         None => (None, l),
     };
-    match quick(stamp, rest, n, sink) {
-        Some(out) => out,
+    match quick::<S, false>(stamp, rest, n, sink) {
+        Some((out, _)) => out,
         None => sink.other(parse_rest(stamp.map(Stamp::seconds), rest, n)),
     }
+}
+
+/// [`visit_line`] for a line of the quick path's shape that starts `rest`
+/// and ends at a `\n` in it (which `rest` need not end at): what the sink
+/// made of it and the line's length, without its newline. `None`, having
+/// told the sink nothing, for any other line: [`visit_line`] then reads
+/// it once its end is found.
+#[inline(always)]
+fn visit_quick_line<S: Sink>(
+    rest: &[u8],
+    n: u64,
+    cache: &mut DateCache,
+    sink: &mut S,
+) -> Option<(S::Out, usize)> {
+    // A line without a timestamp, or whose timestamp ends it, is rare:
+    // the careful way, which finds its end first.
+    let (stamp, after) = cache.stamp(rest)?;
+    let (out, tail) = quick::<S, true>(Some(stamp), after, n, sink)?;
+    Some((out, rest.len() - tail))
 }
 
 /// Where [`visit_line`] hands what it read. The two common lines go
@@ -1114,8 +1133,27 @@ impl Stamp {
 /// overflowing number, a failure) is `None`, and [`parse_rest`] decides:
 /// what this returns is what [`parse_rest`] would. Inlined, as
 /// [`DateCache::stamp`] is, so that its result stays in registers.
+///
+/// `rest` is the line after its timestamp or, `IN_BUFFER`, all that was
+/// read from there on: the line then ends where its last field is followed
+/// by a `\n`, and a line whose end the fields do not tell (what follows a
+/// `...` token) is `None`. With the sink's answer comes the length of
+/// `rest` after the line (0 for a line).
 #[inline(always)]
-fn quick<S: Sink>(stamp: Option<Stamp>, rest: &[u8], n: u64, sink: &mut S) -> Option<S::Out> {
+fn quick<S: Sink, const IN_BUFFER: bool>(
+    stamp: Option<Stamp>,
+    rest: &[u8],
+    n: u64,
+    sink: &mut S,
+) -> Option<(S::Out, usize)> {
+    // Where the line ends: at the slice's end, or at a newline.
+    let ends = |t: &[u8]| {
+        if IN_BUFFER {
+            t.first() == Some(&b'\n')
+        } else {
+            t.is_empty()
+        }
+    };
     // One space follows the timestamp; more, or a tab, is for the general
     // path.
     let rest = rest.strip_prefix(b" ").unwrap_or(rest);
@@ -1124,9 +1162,8 @@ fn quick<S: Sink>(stamp: Option<Stamp>, rest: &[u8], n: u64, sink: &mut S) -> Op
     if let Some(done) = strip(rest, b"...") {
         let (op, args) = op_word(done)?;
         let (id, args) = decimal_then_space(strip(args, b"id=")?)?;
-        return strip(args, b"return=0")?
-            .is_empty()
-            .then(|| sink.completion(connection, op, id));
+        let tail = strip(args, b"return=0")?;
+        return ends(tail).then(|| (sink.completion(connection, op, id), tail.len()));
     }
     let connection = Some(connection);
     let (op, args) = op_word(rest)?;
@@ -1140,13 +1177,25 @@ fn quick<S: Sink>(stamp: Option<Stamp>, rest: &[u8], n: u64, sink: &mut S) -> Op
     // The general tokenizer stops at the first "..." token; before it,
     // tokens must be plain (no quotes or tabs) and must not repeat a key
     // read above.
-    while !strip(args, b"...").is_some_and(<[u8]>::is_empty) {
-        let end = args.iter().position(|&b| b == b' ').unwrap_or(args.len());
+    let tail = loop {
+        if let Some(tail) = strip(args, b"...").filter(|t| ends(t)) {
+            break tail;
+        }
+        let end = args
+            .iter()
+            .position(|&b| b == b' ' || (IN_BUFFER && b == b'\n'))
+            .unwrap_or(args.len());
         let tok = &args[..end];
         if tok == b"..." {
-            break;
+            // What follows is not read, so where the line ends is not
+            // known here.
+            if IN_BUFFER {
+                return None;
+            }
+            break &args[args.len()..];
         }
         if end == args.len()
+            || args[end] == b'\n'
             || tok.is_empty()
             || tok.iter().any(|&b| matches!(b, b'"' | b'\'' | b'\t'))
             || tok.starts_with(b"id=")
@@ -1156,10 +1205,13 @@ fn quick<S: Sink>(stamp: Option<Stamp>, rest: &[u8], n: u64, sink: &mut S) -> Op
             return None;
         }
         args = &args[end + 1..];
-    }
-    Some(sink.request(
-        id,
-        Pending::new(n, stamp.map(Stamp::seconds), op, offset, length, connection),
+    };
+    Some((
+        sink.request(
+            id,
+            Pending::new(n, stamp.map(Stamp::seconds), op, offset, length, connection),
+        ),
+        tail.len(),
     ))
 }
 
@@ -1920,7 +1972,7 @@ connection=1 ...Read id=1 return=0
                 digits: 5,
                 count: 1,
             };
-            if let Some(q) = quick(Some(stamp), v, 7, &mut Build) {
+            if let Some((q, _)) = quick::<_, false>(Some(stamp), v, 7, &mut Build) {
                 quick_ones += 1;
                 let general = parse_rest(Some(1.5), v, 7).map_err(|e| e.to_string());
                 let q = q.map_err(|e| e.to_string());
