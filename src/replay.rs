@@ -514,27 +514,48 @@ impl Touched {
         // them; the others stay where `other` keeps them, taken over whole
         // if this table has no such second table yet.
         let take_over = self.extra.is_empty() && other.extra.is_empty();
-        for (i, (&o, theirs)) in other.order.iter().zip(&mut other.stats).enumerate() {
-            let into = match Place::of(self.slot_of(o)) {
-                Some(Place::Stats(j)) => self.stats.get_mut(j),
-                Some(Place::Extra(j)) => self.extra.get_mut(j),
-                None if take_over => {
-                    // Indices of `other.stats` are below 2^31, as its
-                    // slots were.
-                    *self.slot_mut(o) = EXTRA | (i as u32 + 1);
-                    continue;
-                }
-                None => self.entry(o, theirs.first_seq, theirs.first_time()),
-            };
-            let Some(into) = into else { continue };
-            if theirs.first_seq < into.first_seq {
-                into.first_seq = theirs.first_seq;
-                into.first_time = theirs.first_time;
+        // A group at a time, its objects' slots read first and then the
+        // numbers they point to, each pass's loads independent of one
+        // another: one by one, every object of `other` is two cache
+        // misses waited for in turn (this is the serial end of a
+        // parallel count).
+        let mut slots = [0u32; WARM_AHEAD];
+        for (g, group) in other.order.chunks(WARM_AHEAD).enumerate() {
+            let mut sum = 0u64;
+            for (&o, slot) in group.iter().zip(&mut slots) {
+                *slot = self.slot_of(o);
             }
-            into.requests += theirs.requests;
-            into.bytes_read += theirs.bytes_read;
-            into.bytes_written += theirs.bytes_written;
-            into.coverage.absorb(&theirs.coverage);
+            for &slot in &slots[..group.len()] {
+                sum = sum.wrapping_add(self.requests_at(slot));
+            }
+            std::hint::black_box(sum);
+            let base = g * WARM_AHEAD;
+            for (k, (&o, &slot)) in group.iter().zip(&slots).enumerate() {
+                let i = base + k;
+                let Some(theirs) = other.stats.get_mut(i) else {
+                    continue;
+                };
+                let into = match Place::of(slot) {
+                    Some(Place::Stats(j)) => self.stats.get_mut(j),
+                    Some(Place::Extra(j)) => self.extra.get_mut(j),
+                    None if take_over => {
+                        // Indices of `other.stats` are below 2^31, as its
+                        // slots were.
+                        *self.slot_mut(o) = EXTRA | (i as u32 + 1);
+                        continue;
+                    }
+                    None => self.entry(o, theirs.first_seq, theirs.first_time()),
+                };
+                let Some(into) = into else { continue };
+                if theirs.first_seq < into.first_seq {
+                    into.first_seq = theirs.first_seq;
+                    into.first_time = theirs.first_time;
+                }
+                into.requests += theirs.requests;
+                into.bytes_read += theirs.bytes_read;
+                into.bytes_written += theirs.bytes_written;
+                into.coverage.absorb(&theirs.coverage);
+            }
         }
         if take_over {
             self.extra = other.stats;
