@@ -21,6 +21,8 @@ pub mod serve;
 pub mod space;
 pub mod sparsify;
 pub mod store;
+#[cfg(test)]
+mod test_rng;
 pub mod trace;
 pub mod units;
 pub mod volume;

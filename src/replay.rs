@@ -736,13 +736,8 @@ mod tests {
     /// or leaves the line to it.
     #[test]
     fn fast_heads_match_slow_ones() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.next();
         let (mut fast, mut slow) = (0, 0);
         for i in 0..100_000 {
             let r = next();
@@ -804,13 +799,8 @@ mod tests {
     /// one another; tables added up agree with one that saw every range.
     #[test]
     fn coverage_agrees_with_a_byte_model() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = move |n: u64| rng.next() % n;
         for _ in 0..300 {
             let (mut c, mut half, mut model) =
                 (Coverage::default(), Coverage::default(), vec![false; 600]);

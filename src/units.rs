@@ -170,13 +170,8 @@ mod tests {
     /// `push_fixed` writes what `format!` writes, ties and all.
     #[test]
     fn fixed_matches_format() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next();
         let mut values = vec![
             0.0,
             -0.0,

@@ -1988,13 +1988,8 @@ connection=1 ...Read id=1 return=0
     #[test]
     fn wordwise_numbers_agree_with_bytewise() {
         let edges: &[u8] = b"0123456789abcdefABCDEF/:@G`g x\t\0\x10\x19\x1a\x80\xb0\xc1\xe6\xff";
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next();
         let mut checked = 0;
         for _ in 0..200_000 {
             let digits = (next() % 20) as usize;

@@ -650,14 +650,12 @@ mod tests {
     /// Runs hold exactly the ids added, sorted, apart and merged.
     #[test]
     fn runs_hold_what_was_added() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
         for round in 0..200 {
             let mut runs = Vec::new();
             let mut all = std::collections::BTreeSet::new();
             for _ in 0..round {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
+                let x = rng.next();
                 let id = [x % 40, u64::MAX - x % 3, x % 5][(x % 3) as usize];
                 add_run(&mut runs, id);
                 all.insert(id);
@@ -700,11 +698,9 @@ mod tests {
         let mut accepted_damaged = 0;
         for seed in 0..300u64 {
             let mut data = test_trace(seed, 120);
-            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rng = crate::test_rng::XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             for _ in 0..1 + seed % 4 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
+                let x = rng.next();
                 let at = (x % data.len().max(1) as u64) as usize;
                 match x % 3 {
                     0 => data[at] = b" \n.=x0123456789Rci"[(x >> 8) as usize % 18],
