@@ -416,9 +416,10 @@ pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
             .map_or(end, |i| i + 1)
     };
     let mut n = 0;
-    // Lines whose newline was read with the chunk, one search for them
-    // all; the rest (a line running past what was read, or too long) the
-    // careful way below.
+    // Lines whose newline was read with the chunk: taken by `quick` as it
+    // reads them, or else found by searching for their newline; the rest
+    // (a line running past what was read, or too long) the careful way
+    // below.
     let held = win.filled.min(win.buf.len());
     let mut stopped = false;
     while p < end && p < held {
@@ -427,8 +428,8 @@ pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
         // is not in what `quick` sees.
         let seen = &rest[..rest.len().min(MAX_LINE + 1)];
         if let Some((len, go_on)) = quick(state, n + 1, seen) {
-            // `quick` took the line, so this holds; were it not to, the
-            // line would be read again below.
+            // `quick` only takes a line whose newline it saw; checked
+            // again so that a wrong length can never step past the buffer.
             debug_assert_eq!(seen.get(len), Some(&b'\n'));
             if seen.get(len) == Some(&b'\n') {
                 n += 1;
