@@ -1,5 +1,5 @@
-//! How fast could `bmap replay --summary` be? Times the first stages of its
-//! parallel path on their own, with no map, on as many threads as it uses:
+//! How fast could `bmap replay --summary` be? Runs the stages of its
+//! parallel path on their own, on as many threads as it uses:
 //!
 //!     cargo run --release --example replay_floor -- STAGE TRACE [MAP]
 //!
@@ -15,7 +15,7 @@
 //!
 //! It prints what it counted (lines; local requests and chunks handed to
 //! the joiner as they are) so that a run that did nothing shows. Used by
-//! bench/replay.sh: the two stages, timed next to `wc -l` and the full
+//! bench/replay.sh: the three stages, timed next to `wc -l` and the full
 //! summary, show how much of the summary's time is the trace and how much
 //! is the map.
 
@@ -38,11 +38,12 @@ static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: replay_floor lines|pair TRACE, or replay_floor count TRACE MAP";
     let (stage, trace, map) = match args.as_slice() {
-        [stage, trace] => (stage, trace, None),
-        [stage, trace, map] => (stage, trace, Some(map)),
+        [stage, trace] if stage == "lines" || stage == "pair" => (stage.as_str(), trace, None),
+        [stage, trace, map] if stage == "count" => (stage.as_str(), trace, Some(map)),
         _ => {
-            eprintln!("usage: replay_floor lines|pair|count TRACE [MAP]");
+            eprintln!("{usage}");
             return ExitCode::FAILURE;
         }
     };
@@ -53,20 +54,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // As `bmap replay` counts: a worker per core, at most 8.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
-    if stage == "count" {
-        let Some(map) = map else {
-            eprintln!("count needs the MAP");
-            return ExitCode::FAILURE;
-        };
+    let workers = fused::workers();
+    if let Some(map) = map {
         return count(&file, workers, map);
     }
     let counts: Vec<(u64, u64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let file = &file;
-                scope.spawn(move || match stage.as_str() {
+                scope.spawn(move || match stage {
                     "lines" => count_lines(file, w, workers),
                     _ => pair(file, w, workers),
                 })
@@ -74,17 +70,17 @@ fn main() -> ExitCode {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
             .collect()
     });
     let (a, b) = counts.iter().fold((0, 0), |(a, b), &(x, y)| (a + x, b + y));
-    match stage.as_str() {
-        "lines" => println!("{a} lines"),
-        "pair" => println!("{a} requests paired within their chunk, {b} chunks"),
-        other => {
-            eprintln!("unknown stage {other}: lines or pair");
-            return ExitCode::FAILURE;
-        }
+    if stage == "lines" {
+        println!("{a} lines");
+    } else {
+        println!("{a} requests paired within their chunk, {b} chunks");
     }
     ExitCode::SUCCESS
 }

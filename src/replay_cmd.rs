@@ -81,12 +81,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (conn, index, counted) = match counting {
         Some(file) => {
             let mut conn = None;
-            let c = replay::fused::count(&file, count_workers(), replay::fused::CHUNK, || {
-                load().map(|(c, index)| {
-                    conn = Some(c);
-                    index
-                })
-            })?;
+            let c = replay::fused::count(
+                &file,
+                replay::fused::workers(),
+                replay::fused::CHUNK,
+                || {
+                    load().map(|(c, index)| {
+                        conn = Some(c);
+                        index
+                    })
+                },
+            )?;
             if c.tally.is_none() {
                 early = Some(parse_in_parallel(file, false));
             }
@@ -343,12 +348,6 @@ fn in_background(
             let _ = back_tx.send(done);
         }
     }))
-}
-
-/// Worker threads of the parallel count: one per core (the calling thread
-/// only joins what crosses chunks), at most 8.
-fn count_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
 }
 
 /// Worker threads of the parallel parse: the machine this was measured on

@@ -27,6 +27,12 @@ use crate::trace::{Event, PositionalRead};
 /// requests nearly all complete within the chunk.
 pub const CHUNK: usize = 1 << 20;
 
+/// Worker threads for [`count`]: one per core (the calling thread only
+/// joins what crosses chunks), at most 8.
+pub fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
+}
+
 /// Chunks a worker may have paired ahead of the joiner.
 const AHEAD: usize = 3;
 
