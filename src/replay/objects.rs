@@ -289,17 +289,17 @@ impl ObjectTable {
         })
     }
 
-    /// Reads object `id`'s row and the first byte of its name, so that
-    /// they are in the cache when asked for; the value means nothing.
+    /// Reads what [`get`](Self::get) will read of object `id`, so that it
+    /// is in the cache when asked for; the value means nothing. That is
+    /// both ends of its row (a 40-byte row straddles two cache lines half
+    /// the time) and the bytes at both ends of its name, whose
+    /// `str` boundaries `get` checks (the device and the path are mostly
+    /// the name's prefix and suffix).
     pub(crate) fn touch(&self, id: u32) -> u64 {
         self.rows.get(id as usize).map_or(0, |r| {
-            u64::from(
-                self.strings
-                    .as_bytes()
-                    .get(r.name.start())
-                    .copied()
-                    .unwrap_or(0),
-            )
+            let bytes = self.strings.as_bytes();
+            let at = |i: usize| u64::from(bytes.get(i).copied().unwrap_or(0));
+            r.size ^ u64::from(r.flags) ^ at(r.name.start()) ^ at(r.name.end())
         })
     }
 
