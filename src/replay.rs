@@ -431,24 +431,12 @@ impl Touched {
     /// objects.
     #[inline]
     fn entry(&mut self, o: u32, seq: u64, time: Option<f64>) -> Option<&mut ObjectStats> {
-        let mut slot = *self.slot_mut(o);
-        if slot == 0 {
-            slot = u32::try_from(self.stats.len() + 1)
-                .ok()
-                .filter(|&n| n < EXTRA)?;
-            *self.slot_mut(o) = slot;
-            self.stats.push(ObjectStats {
-                first_seq: seq,
-                first_time: time.unwrap_or(f64::NAN),
-                ..ObjectStats::default()
-            });
+        let (slot, made) = self.slot_made(o, seq, time)?;
+        if made {
             self.order.push(o);
             self.firsts.push(seq);
         }
-        match Place::of(slot)? {
-            Place::Stats(i) => self.stats.get_mut(i),
-            Place::Extra(i) => self.extra.get_mut(i),
-        }
+        self.at_mut(Place::of(slot)?)
     }
 
     /// Requests so far on object `o` (0 for one not touched).
@@ -475,52 +463,84 @@ impl Touched {
         self.at(Place::of(self.slot_of(o))?)
     }
 
-    /// Adds in `other`'s numbers, as if one table had seen the requests
-    /// of both in order of their sequence numbers (no request is in both).
-    /// `other` must not have absorbed a table itself.
-    fn absorb(&mut self, mut other: Touched) {
-        // Both orders are by first access: merged, each object keeps the
-        // place of its earlier first access, and the later is passed over.
-        let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
-        let mut seen_far = std::collections::HashSet::new();
-        let mut first_time = |o: u32| match seen.get_mut(o as usize / 64) {
-            Some(word) => {
-                let bit = 1u64 << (o % 64);
-                let new = *word & bit == 0;
-                *word |= bit;
-                new
-            }
-            None => seen_far.insert(o),
-        };
-        let total = self.order.len() + other.order.len();
-        let (mut order, mut firsts) = (Vec::with_capacity(total), Vec::with_capacity(total));
-        let mut mine = self.order.iter().zip(&self.firsts).peekable();
-        let mut theirs = other.order.iter().zip(&other.firsts).peekable();
-        loop {
-            let next = match (mine.peek(), theirs.peek()) {
-                (Some(a), Some(b)) if a.1 <= b.1 => mine.next(),
-                (Some(_), None) => mine.next(),
-                (_, Some(_)) => theirs.next(),
-                (None, None) => break,
-            };
-            if let Some((&o, &at)) = next {
-                if first_time(o) {
-                    order.push(o);
-                    firsts.push(at);
-                }
-            }
+    /// Object `o`'s slot, made (first touched by request `seq`, at
+    /// `time`) if it was not touched before, without noting it in the
+    /// first-access order; and whether it was made. `None` only past
+    /// 2^31 objects.
+    #[inline]
+    fn slot_made(&mut self, o: u32, seq: u64, time: Option<f64>) -> Option<(u32, bool)> {
+        let slot = *self.slot_mut(o);
+        if slot != 0 {
+            return Some((slot, false));
         }
-        // The numbers of objects in both are added where this table keeps
-        // them; the others stay where `other` keeps them, taken over whole
-        // if this table has no such second table yet.
+        let slot = u32::try_from(self.stats.len() + 1)
+            .ok()
+            .filter(|&n| n < EXTRA)?;
+        *self.slot_mut(o) = slot;
+        self.stats.push(ObjectStats {
+            first_seq: seq,
+            first_time: time.unwrap_or(f64::NAN),
+            ..ObjectStats::default()
+        });
+        Some((slot, true))
+    }
+
+    fn at_mut(&mut self, place: Place) -> Option<&mut ObjectStats> {
+        match place {
+            Place::Stats(i) => self.stats.get_mut(i),
+            Place::Extra(i) => self.extra.get_mut(i),
+        }
+    }
+
+    /// Adds up `tables`, as if one table had seen the requests of all in
+    /// order of their sequence numbers (no request is in two). Tables
+    /// after the first must not have absorbed a table themselves.
+    ///
+    /// This is the serial end of a parallel count, so its two halves run
+    /// side by side: the first-access orders are merged on one thread
+    /// while the numbers are added on this one.
+    fn sum(mut tables: Vec<Touched>) -> Touched {
+        if tables.len() < 2 {
+            return tables.pop().unwrap_or_default();
+        }
+        let orders: Vec<(Vec<u32>, Vec<u64>)> = tables
+            .iter_mut()
+            .map(|t| (std::mem::take(&mut t.order), std::mem::take(&mut t.firsts)))
+            .collect();
+        let ids = tables.iter().map(|t| t.slots.len()).max().unwrap_or(0);
+        let mut rest = tables.split_off(1);
+        let Some(mut total) = tables.pop() else {
+            unreachable!("two tables or more")
+        };
+        let (order, firsts) = std::thread::scope(|scope| {
+            let merging = scope.spawn(|| merge_orders(&orders, ids));
+            let ahead = orders.get(1..).unwrap_or_default();
+            for (other, (order, _)) in rest.iter_mut().zip(ahead) {
+                total.add_numbers(std::mem::take(other), order);
+            }
+            match merging.join() {
+                Ok(merged) => merged,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        total.order = order;
+        total.firsts = firsts;
+        total
+    }
+
+    /// Adds in `other`'s numbers, whose objects in first-access order are
+    /// `order`, where this table keeps them: in place for objects in both,
+    /// and for the others where `other` keeps them, taken over whole if
+    /// this table has no such second table yet. The first-access order is
+    /// [`merge_orders`]'s to make.
+    fn add_numbers(&mut self, mut other: Touched, order: &[u32]) {
         let take_over = self.extra.is_empty() && other.extra.is_empty();
         // A group at a time, its objects' slots read first and then the
         // numbers they point to, each pass's loads independent of one
         // another: one by one, every object of `other` is two cache
-        // misses waited for in turn (this is the serial end of a
-        // parallel count).
+        // misses waited for in turn.
         let mut slots = [0u32; WARM_AHEAD];
-        for (g, group) in other.order.chunks(WARM_AHEAD).enumerate() {
+        for (g, group) in order.chunks(WARM_AHEAD).enumerate() {
             let mut sum = 0u64;
             for (&o, slot) in group.iter().zip(&mut slots) {
                 *slot = self.slot_of(o);
@@ -544,7 +564,9 @@ impl Touched {
                         *self.slot_mut(o) = EXTRA | (i as u32 + 1);
                         continue;
                     }
-                    None => self.entry(o, theirs.first_seq, theirs.first_time()),
+                    None => self
+                        .slot_made(o, theirs.first_seq, theirs.first_time())
+                        .and_then(|(slot, _)| self.at_mut(Place::of(slot)?)),
                 };
                 let Some(into) = into else { continue };
                 if theirs.first_seq < into.first_seq {
@@ -560,14 +582,56 @@ impl Touched {
         if take_over {
             self.extra = other.stats;
         }
-        self.order = order;
-        self.firsts = firsts;
     }
 
     /// Objects in order of first access.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &ObjectStats)> {
         self.order.iter().filter_map(|&o| Some((o, self.get(o)?)))
     }
+}
+
+/// The first-access orders `orders` (objects and their first sequence
+/// numbers, each by first access) made one: each object keeps the place
+/// of its earliest first access. `ids` bounds the object ids a bitmap
+/// tells apart; others go to a hash set.
+fn merge_orders(orders: &[(Vec<u32>, Vec<u64>)], ids: usize) -> (Vec<u32>, Vec<u64>) {
+    let mut seen = vec![0u64; ids.div_ceil(64)];
+    let mut seen_far = std::collections::HashSet::new();
+    let mut first_time = |o: u32| match seen.get_mut(o as usize / 64) {
+        Some(word) => {
+            let bit = 1u64 << (o % 64);
+            let new = *word & bit == 0;
+            *word |= bit;
+            new
+        }
+        None => seen_far.insert(o),
+    };
+    let total = orders.iter().map(|(o, _)| o.len()).sum();
+    let (mut order, mut firsts) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let mut heads = vec![0usize; orders.len()];
+    loop {
+        // The earliest head; on a tie (one request first touching objects
+        // of two tables cannot happen, as no request is in two) the first
+        // table's.
+        let mut next: Option<(usize, u64)> = None;
+        for (t, ((_, f), &h)) in orders.iter().zip(&heads).enumerate() {
+            if let Some(&at) = f.get(h) {
+                if next.is_none_or(|(_, best)| at < best) {
+                    next = Some((t, at));
+                }
+            }
+        }
+        let Some((t, at)) = next else { break };
+        let h = &mut heads[t];
+        if let Some(&o) = orders[t].0.get(*h) {
+            if first_time(o) {
+                order.push(o);
+                firsts.push(at);
+            }
+        }
+        *h += 1;
+    }
+    (order, firsts)
 }
 
 /// Byte ranges already read from one object, merged, to tell first reads
@@ -1204,34 +1268,45 @@ impl Tally {
         }
     }
 
-    /// Adds in the counts of `other`, whose requests are none of this
-    /// one's: as if one tally had seen both tallies' requests in order of
-    /// their sequence numbers.
-    pub(crate) fn absorb(&mut self, other: Tally) {
-        let (t, o) = (&mut self.totals, &other.totals);
-        t.requests += o.requests;
-        t.reads += o.reads;
-        t.writes += o.writes;
-        t.other += o.other;
-        t.failed += o.failed;
-        t.bytes_read += o.bytes_read;
-        t.bytes_written += o.bytes_written;
-        if o.first_time.is_some() {
-            if t.first_time.is_none() || other.first_timed < self.first_timed {
-                t.first_time = o.first_time;
-                self.first_timed = other.first_timed;
+    /// Adds up `tallies`, whose requests are none of another's: as if one
+    /// tally had seen all their requests in order of their sequence
+    /// numbers. Tallies after the first must not be sums themselves.
+    pub(crate) fn sum(tallies: Vec<Tally>) -> Option<Tally> {
+        let mut tables = Vec::with_capacity(tallies.len());
+        let mut sum: Option<Tally> = None;
+        for mut other in tallies {
+            tables.push(std::mem::take(&mut other.touched));
+            let Some(this) = &mut sum else {
+                sum = Some(other);
+                continue;
+            };
+            let (t, o) = (&mut this.totals, &other.totals);
+            t.requests += o.requests;
+            t.reads += o.reads;
+            t.writes += o.writes;
+            t.other += o.other;
+            t.failed += o.failed;
+            t.bytes_read += o.bytes_read;
+            t.bytes_written += o.bytes_written;
+            if o.first_time.is_some() {
+                if t.first_time.is_none() || other.first_timed < this.first_timed {
+                    t.first_time = o.first_time;
+                    this.first_timed = other.first_timed;
+                }
+                if t.last_time.is_none() || other.last_timed > this.last_timed {
+                    t.last_time = o.last_time;
+                    this.last_timed = other.last_timed;
+                }
             }
-            if t.last_time.is_none() || other.last_timed > self.last_timed {
-                t.last_time = o.last_time;
-                self.last_timed = other.last_timed;
+            for (mine, theirs) in this.kind_bytes.iter_mut().zip(other.kind_bytes) {
+                mine.0 += theirs.0;
+                mine.1 += theirs.1;
             }
+            this.free_reads.absorb(other.free_reads);
         }
-        for (mine, theirs) in self.kind_bytes.iter_mut().zip(other.kind_bytes) {
-            mine.0 += theirs.0;
-            mine.1 += theirs.1;
-        }
-        self.free_reads.absorb(other.free_reads);
-        self.touched.absorb(other.touched);
+        let mut sum = sum?;
+        sum.touched = Touched::sum(tables);
+        Some(sum)
     }
 }
 

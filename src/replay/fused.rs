@@ -343,27 +343,28 @@ impl Joined {
     /// Adds the workers' tallies to the joiner's; `None` if a worker
     /// counted a chunk past the trace's end (the file grew meanwhile).
     fn add_up(mut self, lefts: Vec<Left>) -> Option<(Outcome, Tally)> {
-        let mut total: Option<Tally> = None;
+        let mut tallies = Vec::with_capacity(lefts.len() + 1);
         for left in lefts {
-            let Some(mut tally) = left.tally else {
+            let Some(tally) = left.tally else {
                 continue;
             };
             if left.last_chunk.is_some_and(|k| k > self.last_chunk) {
                 return None;
             }
-            tally.renumber(|key| self.seq_of(key));
-            match &mut total {
-                Some(t) => t.absorb(tally),
-                None => total = Some(tally),
-            }
+            tallies.push(tally);
         }
-        let tally = match total {
-            Some(mut t) => {
-                t.absorb(std::mem::replace(&mut self.tally, Tally::sparse()));
-                t
+        // Each worker's numbers are renumbered on a thread of their own.
+        let this = &self;
+        std::thread::scope(|scope| {
+            let (first, rest) = tallies.split_first_mut()?;
+            for t in rest {
+                scope.spawn(move || t.renumber(|key| this.seq_of(key)));
             }
-            None => self.tally,
-        };
+            first.renumber(|key| this.seq_of(key));
+            Some(())
+        });
+        tallies.push(std::mem::replace(&mut self.tally, Tally::sparse()));
+        let tally = Tally::sum(tallies)?;
         self.outcome.totals = tally.totals.clone();
         Some((self.outcome, tally))
     }
