@@ -499,24 +499,27 @@ impl Touched {
     /// This is the serial end of a parallel count, so its two halves run
     /// side by side: the first-access orders are merged on one thread
     /// while the numbers are added on this one.
-    fn sum(mut tables: Vec<Touched>) -> Touched {
-        if tables.len() < 2 {
-            return tables.pop().unwrap_or_default();
+    fn sum(tables: Vec<Touched>) -> Touched {
+        let mut tables = tables.into_iter();
+        let Some(mut total) = tables.next() else {
+            return Touched::default();
+        };
+        let mut rest: Vec<Touched> = tables.collect();
+        if rest.is_empty() {
+            return total;
         }
-        let orders: Vec<(Vec<u32>, Vec<u64>)> = tables
-            .iter_mut()
+        let ids = rest
+            .iter()
+            .map(|t| t.slots.len())
+            .fold(total.slots.len(), usize::max);
+        let orders: Vec<(Vec<u32>, Vec<u64>)> = std::iter::once(&mut total)
+            .chain(&mut rest)
             .map(|t| (std::mem::take(&mut t.order), std::mem::take(&mut t.firsts)))
             .collect();
-        let ids = tables.iter().map(|t| t.slots.len()).max().unwrap_or(0);
-        let mut rest = tables.split_off(1);
-        let Some(mut total) = tables.pop() else {
-            unreachable!("two tables or more")
-        };
         let (order, firsts) = std::thread::scope(|scope| {
             let merging = scope.spawn(|| merge_orders(&orders, ids));
-            let ahead = orders.get(1..).unwrap_or_default();
-            for (other, (order, _)) in rest.iter_mut().zip(ahead) {
-                total.add_numbers(std::mem::take(other), order);
+            for (other, (order, _)) in rest.into_iter().zip(&orders[1..]) {
+                total.add_numbers(other, order);
             }
             match merging.join() {
                 Ok(merged) => merged,
@@ -1272,41 +1275,43 @@ impl Tally {
     /// tally had seen all their requests in order of their sequence
     /// numbers. Tallies after the first must not be sums themselves.
     pub(crate) fn sum(tallies: Vec<Tally>) -> Option<Tally> {
-        let mut tables = Vec::with_capacity(tallies.len());
-        let mut sum: Option<Tally> = None;
+        let mut tallies = tallies.into_iter();
+        let mut sum = tallies.next()?;
+        let mut tables = vec![std::mem::take(&mut sum.touched)];
         for mut other in tallies {
             tables.push(std::mem::take(&mut other.touched));
-            let Some(this) = &mut sum else {
-                sum = Some(other);
-                continue;
-            };
-            let (t, o) = (&mut this.totals, &other.totals);
-            t.requests += o.requests;
-            t.reads += o.reads;
-            t.writes += o.writes;
-            t.other += o.other;
-            t.failed += o.failed;
-            t.bytes_read += o.bytes_read;
-            t.bytes_written += o.bytes_written;
-            if o.first_time.is_some() {
-                if t.first_time.is_none() || other.first_timed < this.first_timed {
-                    t.first_time = o.first_time;
-                    this.first_timed = other.first_timed;
-                }
-                if t.last_time.is_none() || other.last_timed > this.last_timed {
-                    t.last_time = o.last_time;
-                    this.last_timed = other.last_timed;
-                }
-            }
-            for (mine, theirs) in this.kind_bytes.iter_mut().zip(other.kind_bytes) {
-                mine.0 += theirs.0;
-                mine.1 += theirs.1;
-            }
-            this.free_reads.absorb(other.free_reads);
+            sum.add_counts(other);
         }
-        let mut sum = sum?;
         sum.touched = Touched::sum(tables);
         Some(sum)
+    }
+
+    /// Adds in `other`'s counts but its per-object numbers (see
+    /// [`Touched::sum`]).
+    fn add_counts(&mut self, other: Tally) {
+        let (t, o) = (&mut self.totals, &other.totals);
+        t.requests += o.requests;
+        t.reads += o.reads;
+        t.writes += o.writes;
+        t.other += o.other;
+        t.failed += o.failed;
+        t.bytes_read += o.bytes_read;
+        t.bytes_written += o.bytes_written;
+        if o.first_time.is_some() {
+            if t.first_time.is_none() || other.first_timed < self.first_timed {
+                t.first_time = o.first_time;
+                self.first_timed = other.first_timed;
+            }
+            if t.last_time.is_none() || other.last_timed > self.last_timed {
+                t.last_time = o.last_time;
+                self.last_timed = other.last_timed;
+            }
+        }
+        for (mine, theirs) in self.kind_bytes.iter_mut().zip(other.kind_bytes) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+        self.free_reads.absorb(other.free_reads);
     }
 }
 

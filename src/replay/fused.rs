@@ -354,15 +354,15 @@ impl Joined {
             tallies.push(tally);
         }
         // Each worker's numbers are renumbered on a thread of their own.
-        let this = &self;
-        std::thread::scope(|scope| {
-            let (first, rest) = tallies.split_first_mut()?;
-            for t in rest {
-                scope.spawn(move || t.renumber(|key| this.seq_of(key)));
-            }
-            first.renumber(|key| this.seq_of(key));
-            Some(())
-        });
+        if let Some((first, rest)) = tallies.split_first_mut() {
+            let this = &self;
+            std::thread::scope(|scope| {
+                for t in rest {
+                    scope.spawn(move || t.renumber(|key| this.seq_of(key)));
+                }
+                first.renumber(|key| this.seq_of(key));
+            });
+        }
         tallies.push(std::mem::replace(&mut self.tally, Tally::sparse()));
         let tally = Tally::sum(tallies)?;
         self.outcome.totals = tally.totals.clone();
