@@ -18,6 +18,7 @@ use self::objects::{cached_kind_at, usable_id};
 pub use self::objects::{ObjectInfo, ObjectTable};
 use crate::error::Result;
 use crate::map::Kind;
+use crate::prefetch::prefetch;
 use crate::trace::{Op, Request};
 
 /// The layout of a map, ready for lookups.
@@ -202,7 +203,7 @@ impl MapIndex {
     }
 
     /// The first segment ending after `pos`.
-    fn first_ending_after(&self, pos: u64) -> usize {
+    pub(crate) fn first_ending_after(&self, pos: u64) -> usize {
         let segs = &self.segments;
         let b = self.bucket_of(pos);
         let (lo, hi) = match self.buckets.get(b) {
@@ -218,6 +219,31 @@ impl MapIndex {
         };
         let lo = lo.min(hi);
         lo + segs[lo..hi].partition_point(|s| s.end <= pos)
+    }
+
+    /// Starts fetching the bucket of byte `pos`.
+    #[inline]
+    pub(crate) fn prefetch_bucket(&self, pos: u64) {
+        if let Some(b) = self.buckets.get(self.bucket_of(pos)) {
+            prefetch(b);
+        }
+    }
+
+    /// Starts fetching the segment that the bucket of byte `pos` points
+    /// at, where the search for `pos` starts (the bucket is best fetched
+    /// first, see [`MapIndex::prefetch_bucket`]).
+    #[inline]
+    pub(crate) fn prefetch_segment(&self, pos: u64) {
+        let b = self.buckets.get(self.bucket_of(pos));
+        if let Some(seg) = b.and_then(|&b| self.segments.get(b as usize)) {
+            prefetch(seg);
+        }
+    }
+
+    /// The owner of segment `i`.
+    #[inline]
+    pub(crate) fn owner_at(&self, i: usize) -> Option<u32> {
+        self.segments.get(i).map(|s| s.owner)
     }
 
     /// Reads the object table from the `objects` table.
@@ -275,7 +301,13 @@ impl MapIndex {
     }
 
     /// [`MapIndex::split`], given `first_ending_after(offset)` if known.
-    fn split_from(&self, first: Option<usize>, offset: u64, length: u64, mut f: impl FnMut(Piece)) {
+    pub(crate) fn split_from(
+        &self,
+        first: Option<usize>,
+        offset: u64,
+        length: u64,
+        mut f: impl FnMut(Piece),
+    ) {
         let end = offset.saturating_add(length);
         let mut pos = offset;
         if pos < end && pos < self.image_size {
@@ -439,9 +471,21 @@ impl Touched {
         self.at_mut(Place::of(slot)?)
     }
 
-    /// Requests so far on object `o` (0 for one not touched).
-    fn requests_of(&self, o: u32) -> u64 {
-        self.get(o).map_or(0, |s| s.requests)
+    /// Starts fetching object `o`'s slot.
+    #[inline]
+    pub(crate) fn prefetch_slot(&self, o: u32) {
+        if let Some(s) = self.slots.get(o as usize) {
+            prefetch(s);
+        }
+    }
+
+    /// Starts fetching object `o`'s numbers, if it has any (its slot is
+    /// best fetched first, see [`Touched::prefetch_slot`]).
+    #[inline]
+    pub(crate) fn prefetch_numbers(&self, o: u32) {
+        if let Some(st) = Place::of(self.slot_of(o)).and_then(|p| self.at(p)) {
+            prefetch(st);
+        }
     }
 
     /// Object `o`'s slot (see [`Place`]), 0 for one not touched.
@@ -1671,31 +1715,35 @@ fn file_rows_of<'a>(
     touched: &'a Touched,
     ids: &'a [u32],
 ) -> impl Iterator<Item = FileRow<'a>> + 'a {
-    ids.iter().filter_map(move |&o| {
-        let st = touched.get(o)?;
-        let info = index.object(o)?;
-        if !info.kind.is_file_like() {
-            return None;
-        }
-        let unique = st.coverage.bytes();
-        Some(FileRow {
-            first_seq: st.first_seq,
-            first_time: st.first_time(),
-            kind: info.kind.as_str(),
-            device: info.device,
-            partition: info.partition,
-            path: info.path.unwrap_or(info.name),
-            size: info.size,
-            requests: st.requests,
-            bytes_read: st.bytes_read,
-            unique_bytes_read: unique,
-            percent_read: info
-                .size
-                .filter(|&s| s > 0)
-                .map(|s| (unique.min(s) as f64) * 100.0 / s as f64),
-            reread_bytes: st.bytes_read - unique,
-            bytes_written: st.bytes_written,
-        })
+    ids.iter().filter_map(move |&o| file_row(index, touched, o))
+}
+
+/// Object `o`'s row of the summary, if it is a file or directory the
+/// trace touched.
+fn file_row<'a>(index: &'a MapIndex, touched: &'a Touched, o: u32) -> Option<FileRow<'a>> {
+    let st = touched.get(o)?;
+    let info = index.object(o)?;
+    if !info.kind.is_file_like() {
+        return None;
+    }
+    let unique = st.coverage.bytes();
+    Some(FileRow {
+        first_seq: st.first_seq,
+        first_time: st.first_time(),
+        kind: info.kind.as_str(),
+        device: info.device,
+        partition: info.partition,
+        path: info.path.unwrap_or(info.name),
+        size: info.size,
+        requests: st.requests,
+        bytes_read: st.bytes_read,
+        unique_bytes_read: unique,
+        percent_read: info
+            .size
+            .filter(|&s| s > 0)
+            .map(|s| (unique.min(s) as f64) * 100.0 / s as f64),
+        reread_bytes: st.bytes_read - unique,
+        bytes_written: st.bytes_written,
     })
 }
 
@@ -1998,7 +2046,15 @@ fn slow_head(text: &mut Vec<u8>, row: &FileRow<'_>, first_time: Option<f64>) {
     text.extend_from_slice(line.as_bytes());
 }
 
+/// Ids between the stages of [`file_lines`]' pipeline.
+const LINE_STAGE: usize = 8;
+
 /// The summary's lines for the files among `ids`, in place of `text`'s.
+///
+/// Each line reads an object's slot, numbers, row and name, at random
+/// places: they are fetched in a pipeline (as in `fused::attribute`), the
+/// slot and row of the object `2 * LINE_STAGE` ahead of the one written,
+/// the numbers and name of the one `LINE_STAGE` ahead.
 fn file_lines(
     text: &mut Vec<u8>,
     index: &MapIndex,
@@ -2009,30 +2065,36 @@ fn file_lines(
     text.clear();
     // Lines are about 100 bytes; a buffer grown later is copied whole.
     text.reserve(ids.len() * 128);
-    for group in ids.chunks(WARM_AHEAD) {
-        // As in `warm`: fetch the group's numbers and rows at once.
-        let mut sum = 0u64;
-        for &o in group {
-            sum = sum.wrapping_add(touched.requests_of(o));
-            if let Some(objects) = index.objects.get() {
-                sum = sum.wrapping_add(objects.touch(o));
+    let objects = index.objects.get();
+    let at = |t: usize, stage: usize| t.checked_sub(stage * LINE_STAGE).and_then(|j| ids.get(j));
+    for t in 0..ids.len() + 2 * LINE_STAGE {
+        if let Some(&o) = ids.get(t) {
+            touched.prefetch_slot(o);
+            if let Some(objects) = objects {
+                objects.prefetch_row(o);
             }
         }
-        std::hint::black_box(sum);
-        for row in file_rows_of(index, touched, group) {
-            let mut line: Head = [b' '; 64];
-            match fast_head(&mut line, &row, first_time) {
-                Some(()) => text.extend_from_slice(&line),
-                None => slow_head(text, &row, first_time),
+        if let Some(&o) = at(t, 1) {
+            touched.prefetch_numbers(o);
+            if let Some(objects) = objects {
+                objects.prefetch_name(o);
             }
-            text.extend_from_slice(row.device.unwrap_or("").as_bytes());
-            text.push(b' ');
-            text.extend_from_slice(row.path.as_bytes());
-            if row.kind == "directory" {
-                text.push(b'/');
-            }
-            text.push(b'\n');
         }
+        let Some(row) = at(t, 2).and_then(|&o| file_row(index, touched, o)) else {
+            continue;
+        };
+        let mut line: Head = [b' '; 64];
+        match fast_head(&mut line, &row, first_time) {
+            Some(()) => text.extend_from_slice(&line),
+            None => slow_head(text, &row, first_time),
+        }
+        text.extend_from_slice(row.device.unwrap_or("").as_bytes());
+        text.push(b' ');
+        text.extend_from_slice(row.path.as_bytes());
+        if row.kind == "directory" {
+            text.push(b'/');
+        }
+        text.push(b'\n');
     }
 }
 

@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
-use super::{warm, MapIndex, Outcome, Tally, WARM_AHEAD};
+use super::{MapIndex, Outcome, Tally};
 use crate::trace::nbdkit::paired::{ChunkPairer, Joiner, Local, PairedChunk};
 use crate::trace::{Event, PositionalRead};
 
@@ -227,24 +227,58 @@ fn work<S: PositionalRead + ?Sized>(
     }
 }
 
+/// Requests between the stages of [`attribute`]'s pipeline.
+const STAGE: usize = 6;
+
+/// Where [`attribute`] keeps each request's first segment from the stage
+/// that finds it to the one that counts it: more than `2 * STAGE`.
+const FIRSTS: usize = 32;
+
 /// Counts chunk `k`'s local events, numbered by [`key`].
+///
+/// Counting a request reads its bucket, its segment, its owner's slot and
+/// its owner's numbers, each a likely cache miss found from the one
+/// before. The chunk's offsets are all known, so the four are fetched in
+/// a pipeline: while request `j` is counted, the numbers of request
+/// `j + STAGE` are being fetched, the slot of `j + 2 * STAGE`, and so on,
+/// every miss in flight alongside the others instead of waited for in
+/// turn.
 fn attribute(index: &MapIndex, tally: &mut Tally, k: u64, local: &[Local]) {
-    for (g, group) in local.chunks(WARM_AHEAD).enumerate() {
-        let mut at = [None; WARM_AHEAD];
-        for (ev, at) in group.iter().zip(&mut at) {
-            *at = Some(ev.offset);
+    let mut firsts = [0usize; FIRSTS];
+    for t in 0..local.len() + 4 * STAGE {
+        if let Some(ev) = local.get(t) {
+            index.prefetch_bucket(ev.offset);
         }
-        let firsts = warm(index, &tally.touched, &at);
-        for (i, (ev, first)) in group.iter().zip(firsts).enumerate() {
-            let seq = key(k, g * WARM_AHEAD + i);
-            let time = ev.time();
-            let length = u64::from(ev.length);
-            if tally.request(seq, time, ev.op, length, ev.failed) {
-                let mut last_object = None;
-                index.split_from(first, ev.offset, length, |p| {
-                    tally.piece(seq, time, ev.op, &p, &mut last_object);
-                });
+        let at = |stage: usize| {
+            t.checked_sub(stage * STAGE)
+                .and_then(|j| Some((j, local.get(j)?)))
+        };
+        if let Some((_, ev)) = at(1) {
+            index.prefetch_segment(ev.offset);
+        }
+        if let Some((j, ev)) = at(2) {
+            let first = index.first_ending_after(ev.offset);
+            firsts[j % FIRSTS] = first;
+            if let Some(o) = index.owner_at(first) {
+                tally.touched.prefetch_slot(o);
             }
+        }
+        if let Some((j, _)) = at(3) {
+            if let Some(o) = index.owner_at(firsts[j % FIRSTS]) {
+                tally.touched.prefetch_numbers(o);
+            }
+        }
+        let Some((j, ev)) = at(4) else {
+            continue;
+        };
+        let seq = key(k, j);
+        let time = ev.time();
+        let length = u64::from(ev.length);
+        if tally.request(seq, time, ev.op, length, ev.failed) {
+            let mut last_object = None;
+            index.split_from(Some(firsts[j % FIRSTS]), ev.offset, length, |p| {
+                tally.piece(seq, time, ev.op, &p, &mut last_object);
+            });
         }
     }
 }

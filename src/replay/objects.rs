@@ -6,6 +6,7 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 use crate::map::Kind;
+use crate::prefetch::prefetch;
 
 /// What the replay needs to know about one object.
 #[derive(Debug, Clone, Copy)]
@@ -289,18 +290,34 @@ impl ObjectTable {
         })
     }
 
-    /// Reads what [`get`](Self::get) will read of object `id`, so that it
-    /// is in the cache when asked for; the value means nothing. That is
-    /// both ends of its row (a 40-byte row straddles two cache lines half
-    /// the time) and the bytes at both ends of its name, whose
-    /// `str` boundaries `get` checks (the device and the path are mostly
-    /// the name's prefix and suffix).
-    pub(crate) fn touch(&self, id: u32) -> u64 {
-        self.rows.get(id as usize).map_or(0, |r| {
+    /// Starts fetching object `id`'s row: both of its ends, as a 40-byte
+    /// row straddles two cache lines half the time.
+    pub(crate) fn prefetch_row(&self, id: u32) {
+        if let Some(r) = self.rows.get(id as usize) {
+            prefetch(r);
+            // The line of its end, if another: where the next row starts.
+            let in_line = (r as *const Row as usize) % 64;
+            if in_line + std::mem::size_of::<Row>() > 64 {
+                if let Some(next) = self.rows.get(id as usize + 1) {
+                    prefetch(next);
+                }
+            }
+        }
+    }
+
+    /// Starts fetching the bytes at both ends of object `id`'s name, whose
+    /// `str` boundaries [`get`](Self::get) checks (the device and the path
+    /// are mostly the name's prefix and suffix); its row is best fetched
+    /// first (see [`ObjectTable::prefetch_row`]).
+    pub(crate) fn prefetch_name(&self, id: u32) {
+        if let Some(r) = self.rows.get(id as usize) {
             let bytes = self.strings.as_bytes();
-            let at = |i: usize| u64::from(bytes.get(i).copied().unwrap_or(0));
-            r.size ^ u64::from(r.flags) ^ at(r.name.start()) ^ at(r.name.end())
-        })
+            for i in [r.name.start(), r.name.end()] {
+                if let Some(b) = bytes.get(i) {
+                    prefetch(b);
+                }
+            }
+        }
     }
 
     /// One more than the largest object id.
