@@ -24,9 +24,10 @@ use crate::trace::{Op, Request};
 /// The layout of a map, ready for lookups.
 ///
 /// Attributing bytes needs only the layout and each object's kind; names
-/// and paths are needed only to print. Without a packed copy,
-/// [`MapIndex::load_layout`] reads the former, and the object table may
-/// be read by another thread meanwhile and handed over with
+/// and paths are needed only to print. [`MapIndex::load_packed_layout`]
+/// (from the packed copy) or [`MapIndex::load_layout`] (from the tables)
+/// reads the former, and the object table may be read by another thread
+/// meanwhile ([`MapIndex::load_objects`]) and handed over with
 /// [`MapIndex::objects_from`]; [`MapIndex::load`] reads everything at once.
 pub struct MapIndex {
     pub image_size: u64,
@@ -97,33 +98,36 @@ impl MapIndex {
     /// usable one.
     pub fn load_packed(conn: &Connection) -> Result<Option<MapIndex>> {
         let image_size = image_size(conn)?;
-        // The segments come before the objects in the blob, so their kinds
-        // are filled in after.
         let mut segments = Vec::new();
-        let layout = &mut segments;
-        let Some(objects) = packed::load(conn, move |at_most| {
-            // Room made at once: growing would copy the segments read so
-            // far, again and again.
-            layout.reserve(at_most);
-            move |start, end, owner| {
-                layout.push(Segment {
-                    start,
-                    end,
-                    owner,
-                    kind: None,
-                })
-            }
-        })?
-        else {
+        let Some(objects) = packed::load(conn, &mut segments)? else {
             return Ok(None);
         };
-        let kinds = objects.kinds();
+        let index = Self::from_packed(image_size, segments, objects.kinds());
+        let _ = index.objects.set(objects);
+        Ok(Some(index))
+    }
+
+    /// Loads the layout and the kind of every object from the map's packed
+    /// copy, as [`MapIndex::load_layout`] does from the tables: attributing
+    /// can start while [`MapIndex::load_objects`] reads the names (most of
+    /// the map's memory) on another thread. `None` when the map has no
+    /// usable packed copy.
+    pub fn load_packed_layout(conn: &Connection) -> Result<Option<MapIndex>> {
+        let image_size = image_size(conn)?;
+        let mut segments = Vec::new();
+        let Some(kinds) = packed::load_layout(conn, &mut segments)? else {
+            return Ok(None);
+        };
+        Ok(Some(Self::from_packed(image_size, segments, kinds)))
+    }
+
+    /// The index of a packed layout: the segments come before the objects
+    /// in the blob, so their kinds are filled in after.
+    fn from_packed(image_size: u64, mut segments: Vec<Segment>, kinds: Vec<Kind>) -> MapIndex {
         for seg in &mut segments {
             seg.kind = kinds.get(seg.owner as usize).copied();
         }
-        let index = Self::from_parts(image_size, segments, kinds);
-        let _ = index.objects.set(objects);
-        Ok(Some(index))
+        Self::from_parts(image_size, segments, kinds)
     }
 
     /// Loads the layout and the kind of every object from the tables; the
@@ -229,14 +233,21 @@ impl MapIndex {
         }
     }
 
-    /// Starts fetching the segment that the bucket of byte `pos` points
-    /// at, where the search for `pos` starts (the bucket is best fetched
-    /// first, see [`MapIndex::prefetch_bucket`]).
+    /// Starts fetching the segments among which the search for byte `pos`
+    /// looks (see [`MapIndex::first_ending_after`]): the first and the last
+    /// of them, mostly one or two apart. Its bucket is best fetched first
+    /// (see [`MapIndex::prefetch_bucket`]).
     #[inline]
     pub(crate) fn prefetch_segment(&self, pos: u64) {
-        let b = self.buckets.get(self.bucket_of(pos));
-        if let Some(seg) = b.and_then(|&b| self.segments.get(b as usize)) {
-            prefetch(seg);
+        let b = self.bucket_of(pos);
+        let Some(&lo) = self.buckets.get(b) else {
+            return;
+        };
+        let hi = self.buckets.get(b.wrapping_add(1)).map_or(lo, |&h| h);
+        for i in [lo, hi] {
+            if let Some(seg) = self.segments.get(i as usize) {
+                prefetch(seg);
+            }
         }
     }
 
@@ -246,9 +257,13 @@ impl MapIndex {
         self.segments.get(i).map(|s| s.owner)
     }
 
-    /// Reads the object table from the `objects` table.
+    /// Reads the object table: from the map's packed copy if it has a
+    /// usable one, else from the `objects` table.
     pub fn load_objects(conn: &Connection) -> Result<ObjectTable> {
-        ObjectTable::load(conn)
+        match packed::load_objects(conn)? {
+            Some(objects) => Ok(objects),
+            None => ObjectTable::load(conn),
+        }
     }
 
     /// Takes the object table from a thread reading it (see
@@ -341,6 +356,26 @@ impl MapIndex {
                 length: end - past,
             });
         }
+    }
+}
+
+impl packed::Segments for Vec<Segment> {
+    fn reserve(&mut self, at_most: usize) {
+        // Room made at once: growing would copy the segments read so far,
+        // again and again.
+        Vec::reserve(self, at_most);
+    }
+
+    fn push(&mut self, start: u64, end: u64, owner: u32) {
+        Vec::push(
+            self,
+            Segment {
+                start,
+                end,
+                owner,
+                kind: None,
+            },
+        );
     }
 }
 

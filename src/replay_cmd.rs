@@ -44,16 +44,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let eager = args.store;
         let path = map_path.clone();
         std::thread::spawn(move || {
-            let index = match MapIndex::load_packed(&conn) {
-                Ok(Some(index)) => Ok(index),
-                Ok(None) if eager => MapIndex::load(&conn),
-                Ok(None) => MapIndex::load_layout(&conn).map(|index| {
+            let index = if eager {
+                MapIndex::load(&conn)
+            } else {
+                let layout = match MapIndex::load_packed_layout(&conn) {
+                    Ok(Some(index)) => Ok(index),
+                    Ok(None) => MapIndex::load_layout(&conn),
+                    Err(e) => Err(e),
+                };
+                layout.map(|index| {
                     index.objects_from(std::thread::spawn(move || {
                         let conn = store::open(&path, false)?;
                         MapIndex::load_objects(&conn)
                     }))
-                }),
-                Err(e) => Err(e),
+                })
             };
             (conn, index)
         })

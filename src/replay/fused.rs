@@ -36,9 +36,11 @@ pub fn workers() -> usize {
 /// Chunks a worker may have paired ahead of the joiner.
 const AHEAD: usize = 3;
 
-/// Chunks a worker may pair while the map loads, before it waits for it:
-/// some 7 MB of events, about as much as it pairs in the time a map of
-/// 200,000 files takes to load.
+/// Chunks a worker may pair while the map's layout loads, before it waits
+/// for it: some 7 MB of events. The layout of a map of 200,000 files
+/// mostly loads in the time a worker pairs 4 to 8 chunks, but sometimes
+/// takes several times that (fresh memory is slow in a virtual machine);
+/// 4 and 8 measured no quicker than 16.
 const EARLY: usize = 16;
 
 /// The order key of local event `r` of chunk `k`: increasing with `(k,

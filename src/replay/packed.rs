@@ -156,11 +156,18 @@ pub fn encode<'a>(
 /// and returns the object table; `None` if anything is out of place.
 pub fn decode(
     kinds: &str,
-    mut segments: &[u8],
-    mut objects: &[u8],
+    segments: &[u8],
+    objects: &[u8],
     strings: Vec<u8>,
-    mut segment: impl FnMut(u64, u64, u32),
+    segment: impl FnMut(u64, u64, u32),
 ) -> Option<ObjectTable> {
+    decode_segments(segments, segment)?;
+    decode_objects(kinds, objects, strings)
+}
+
+/// Unpacks the layout, calling `segment(start, end, owner)` in disk order;
+/// `None` if anything is out of place.
+fn decode_segments(mut segments: &[u8], mut segment: impl FnMut(u64, u64, u32)) -> Option<()> {
     let mut prev_end = 0u64;
     while !segments.is_empty() {
         let start = prev_end.checked_add(take(&mut segments)?)?;
@@ -170,10 +177,82 @@ pub fn decode(
         segment(start, end, owner);
         prev_end = end;
     }
-    let kinds: Vec<Kind> = kinds
+    Some(())
+}
+
+/// The kinds the `kinds` column names, in its order.
+fn kind_list(kinds: &str) -> Vec<Kind> {
+    kinds
         .split(',')
         .map(|k| Kind::parse(k).unwrap_or(Kind::Unknown))
-        .collect();
+        .collect()
+}
+
+/// One object of the `objects` blob, its text not yet found: the lengths
+/// of its name, device and path (see the module's notes).
+struct Record {
+    kind: Kind,
+    flags: u8,
+    partition: Option<u32>,
+    size: Option<u64>,
+    name: u64,
+    device: Option<u64>,
+    path: Option<u64>,
+}
+
+impl Record {
+    /// The next object of `objects`; `None` if it is cut short or out of
+    /// place.
+    fn take(objects: &mut &[u8], kinds: &[Kind]) -> Option<Record> {
+        let kind = *kinds.get(usize::from(take_byte(objects)?))?;
+        let flags = take_byte(objects)?;
+        let has = |f: u8| flags & f != 0;
+        let maybe = |objects: &mut &[u8], present: bool| -> Option<Option<u64>> {
+            if present {
+                take(objects).map(Some)
+            } else {
+                Some(None)
+            }
+        };
+        let partition = match maybe(objects, has(PARTITION))? {
+            Some(p) => Some(u32::try_from(p).ok()?),
+            None => None,
+        };
+        let size = maybe(objects, has(SIZE))?;
+        let name = take(objects)?;
+        let device = maybe(objects, has(DEVICE))?;
+        let path = maybe(objects, has(PATH))?;
+        Some(Record {
+            kind,
+            flags,
+            partition,
+            size,
+            name,
+            device,
+            path,
+        })
+    }
+}
+
+/// Every object's kind, indexed by id (0 unused, as in the object table),
+/// read from the `objects` blob without its text: what attributing needs,
+/// before the names are read. `None` if the blob is out of place.
+pub fn decode_kinds(kinds: &str, mut objects: &[u8]) -> Option<Vec<Kind>> {
+    let list = kind_list(kinds);
+    // Every object takes at least three bytes.
+    let mut out = Vec::with_capacity(1 + objects.len() / 3);
+    // The object table's unused row 0 is a default one.
+    out.push(Kind::default());
+    while !objects.is_empty() {
+        out.push(Record::take(&mut objects, &list)?.kind);
+    }
+    Some(out)
+}
+
+/// The object table the `objects` blob and the `strings` arena spell;
+/// `None` if anything is out of place.
+fn decode_objects(kinds: &str, mut objects: &[u8], strings: Vec<u8>) -> Option<ObjectTable> {
+    let kinds = kind_list(kinds);
     let strings = String::from_utf8(strings).ok()?;
     // Every object takes at least three bytes.
     let mut rows = Vec::with_capacity(1 + objects.len() / 3);
@@ -185,28 +264,18 @@ pub fn decode(
         (at <= strings.len()).then_some(Span::new(start, at)?)
     };
     while !objects.is_empty() {
-        let kind = *kinds.get(usize::from(take_byte(&mut objects)?))?;
-        let flags = take_byte(&mut objects)?;
-        let has = |f: u8| flags & f != 0;
-        let partition = if has(PARTITION) {
-            Some(u32::try_from(take(&mut objects)?).ok()?)
-        } else {
-            None
-        };
-        let size = if has(SIZE) {
-            Some(take(&mut objects)?)
-        } else {
-            None
-        };
-        let name = next(take(&mut objects)?)?;
-        let mut inner = |present: bool, inside: bool, prefix: bool| -> Option<Option<Span>> {
-            if !present {
+        let r = Record::take(&mut objects, &kinds)?;
+        let name = next(r.name)?;
+        // The device is the name's prefix or text of its own, the path
+        // its suffix or text of its own.
+        let mut inner = |len: Option<u64>, inside: bool, prefix: bool| -> Option<Option<Span>> {
+            let Some(len) = len else {
                 return Some(None);
-            }
-            let len = usize::try_from(take(&mut objects)?).ok()?;
+            };
             if !inside {
-                return next(len as u64).map(Some);
+                return next(len).map(Some);
             }
+            let len = usize::try_from(len).ok()?;
             if len > name.end() - name.start() {
                 return None;
             }
@@ -217,9 +286,9 @@ pub fn decode(
             };
             span.map(Some)
         };
-        let device = inner(has(DEVICE), has(DEVICE_IN_NAME), true)?;
-        let path = inner(has(PATH), has(PATH_IN_NAME), false)?;
-        rows.push(Row::new(kind, partition, size, name, device, path));
+        let device = inner(r.device, r.flags & DEVICE_IN_NAME != 0, true)?;
+        let path = inner(r.path, r.flags & PATH_IN_NAME != 0, false)?;
+        rows.push(Row::new(r.kind, r.partition, r.size, name, device, path));
     }
     // The spans made above lie within the arena; in ASCII text (most
     // names) every byte starts a character, so there is nothing to check.
@@ -231,14 +300,63 @@ pub fn decode(
     Some(table)
 }
 
-/// The map's packed row, decoded: `None` when there is none or it is of
-/// no use (see the module's documentation). The layout goes to the
-/// callback `segments` returns, told first how many segments there are at
-/// most (every one takes three bytes or more), to make room for them.
-pub fn load<F: FnMut(u64, u64, u32)>(
+/// Where [`load`] and [`load_layout`] put the layout.
+pub trait Segments {
+    /// Told first: how many segments there are at most (every one takes
+    /// three bytes or more), to make room for them at once.
+    fn reserve(&mut self, at_most: usize);
+    /// Each segment, in disk order.
+    fn push(&mut self, start: u64, end: u64, owner: u32);
+}
+
+/// Unpacks the layout into `out`.
+fn decode_into(layout: &[u8], out: &mut impl Segments) -> Option<()> {
+    out.reserve(layout.len() / 3);
+    decode_segments(layout, |s, e, o| out.push(s, e, o))
+}
+
+/// The map's packed row, decoded, the layout into `segments`: `None` when
+/// there is none or it is of no use (see the module's documentation).
+pub fn load(
     conn: &Connection,
-    segments: impl FnOnce(usize) -> F,
+    segments: &mut impl Segments,
 ) -> crate::error::Result<Option<ObjectTable>> {
+    read_row(conn, true, |kinds, layout, objects, strings| {
+        decode_into(layout, segments)?;
+        decode_objects(kinds, objects, strings?)
+    })
+}
+
+/// The layout (into `segments`, as [`load`] puts it) and every object's kind (see
+/// [`decode_kinds`]), without the names: `None` when the map has no
+/// usable packed row. [`load_objects`] reads the rest.
+pub fn load_layout(
+    conn: &Connection,
+    segments: &mut impl Segments,
+) -> crate::error::Result<Option<Vec<Kind>>> {
+    read_row(conn, false, |kinds, layout, objects, _| {
+        let kinds = decode_kinds(kinds, objects)?;
+        decode_into(layout, segments)?;
+        Some(kinds)
+    })
+}
+
+/// The object table of the map's packed row; `None` when it has no usable
+/// one.
+pub fn load_objects(conn: &Connection) -> crate::error::Result<Option<ObjectTable>> {
+    read_row(conn, true, |kinds, _, objects, strings| {
+        decode_objects(kinds, objects, strings?)
+    })
+}
+
+/// Reads the map's packed row, if it is of the format this bmap reads,
+/// and hands `decode` its kinds, segments, objects and, `with_strings`,
+/// strings.
+fn read_row<T>(
+    conn: &Connection,
+    with_strings: bool,
+    decode: impl FnOnce(&str, &[u8], &[u8], Option<Vec<u8>>) -> Option<T>,
+) -> crate::error::Result<Option<T>> {
     // The strings, most of the row, are read by themselves, straight into
     // the arena: as a column, SQLite would first copy them into a buffer
     // of its own (fresh memory, zeroed page by page) for us to copy again.
@@ -256,14 +374,17 @@ pub fn load<F: FnMut(u64, u64, u32)>(
             if format != FORMAT || !r.get::<_, bool>(4)? {
                 return Ok(None);
             }
-            let Some(strings) = read_strings(conn, r.get(5)?) else {
-                return Ok(None);
+            let strings = if with_strings {
+                let Some(strings) = read_strings(conn, r.get(5)?) else {
+                    return Ok(None);
+                };
+                Some(strings)
+            } else {
+                None
             };
             let kinds: String = r.get(1)?;
             let blob = |i| r.get_ref(i).and_then(|v| Ok(v.as_blob()?));
-            let layout = blob(2)?;
-            let segment = segments(layout.len() / 3);
-            Ok(Some(decode(&kinds, layout, blob(3)?, strings, segment)))
+            Ok(Some(decode(&kinds, blob(2)?, blob(3)?, strings)))
         })
         .optional();
     // A row of the wrong types is of no use either.
@@ -338,6 +459,16 @@ mod tests {
         .unwrap();
         assert_eq!(got, segs);
         assert_eq!(table.len(), 4);
+        assert_eq!(
+            decode_kinds(&p.kinds, &p.objects),
+            Some(vec![
+                Kind::default(),
+                Kind::Disk,
+                Kind::File,
+                Kind::Directory
+            ])
+        );
+        assert_eq!(table.kinds(), decode_kinds(&p.kinds, &p.objects).unwrap());
         for (i, o) in objs.iter().enumerate() {
             let g = table.get(i as u32 + 1).unwrap();
             assert_eq!(
@@ -363,8 +494,14 @@ mod tests {
     fn every_truncation_and_mutation_is_refused_or_decodes() {
         let (segs, objs) = sample();
         let p = encode(segs, objs).unwrap();
+        // Whenever the objects decode, the kinds read without their text
+        // are theirs.
         let ok = |k: &str, s: &[u8], o: &[u8], t: &[u8]| {
-            decode(k, s, o, t.to_vec(), |s, e, _| assert!(s < e)).is_some()
+            let table = decode(k, s, o, t.to_vec(), |s, e, _| assert!(s < e));
+            if let Some(table) = &table {
+                assert_eq!(decode_kinds(k, o).as_ref(), Some(&table.kinds()));
+            }
+            table.is_some()
         };
         assert!(ok(&p.kinds, &p.segments, &p.objects, &p.strings));
         for cut in 0..p.objects.len() {
