@@ -449,6 +449,10 @@ pub struct Touched {
     firsts: Vec<u64>,
 }
 
+/// Objects whose numbers a table makes room for at once (64 MiB of address
+/// space): more are made room for as they come.
+const RESERVED_OBJECTS: usize = 1 << 20;
+
 /// A slot: 1 + the index in `stats`, or [`EXTRA`] + 1 + the index in
 /// `extra`.
 const EXTRA: u32 = 1 << 31;
@@ -473,8 +477,16 @@ impl Place {
 
 impl Touched {
     fn with_objects(n: usize) -> Self {
+        // Room for every object's numbers is only address space until
+        // written; growing the tables instead remaps them, and each remap
+        // holds up every thread's page faults (measured: several ms a run
+        // on a virtual machine).
+        let room = n.min(RESERVED_OBJECTS);
         Touched {
             slots: vec![0; n],
+            stats: Vec::with_capacity(room),
+            order: Vec::with_capacity(room),
+            firsts: Vec::with_capacity(room),
             ..Touched::default()
         }
     }
