@@ -3,9 +3,10 @@
 //!
 //! The other replay parses on worker threads but pairs and attributes
 //! every request on one thread, which bounds its speed. Here each worker
-//! pairs its own chunks of the trace (see [`paired`]) and attributes the
-//! requests that complete within them into a [`Tally`] of its own; the
-//! calling thread only joins what crosses chunk boundaries — a few
+//! takes the next chunk of the trace as it is free, pairs it (see
+//! [`paired`]) and attributes the requests that complete within it into a
+//! [`Tally`] of its own; the calling thread only joins what crosses chunk
+//! boundaries — a few
 //! requests per chunk — and attributes those. The tallies are then added
 //! up, each request renumbered to its place in the sequential order, so
 //! that the views print exactly what the sequential replay prints.
@@ -16,7 +17,7 @@
 //!
 //! [`paired`]: crate::trace::nbdkit::paired
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
 use super::{MapIndex, Outcome, Tally};
@@ -33,12 +34,10 @@ pub fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
 }
 
-/// Chunks a worker may have paired ahead of the joiner. The joiner takes
-/// the workers' chunks in turn, so a worker that runs ahead (the other
-/// was descheduled, or waited for a page) stops when it has this many
-/// waiting; at 3 the workers spent some 20-30 ms a run blocked so. No more
-/// than [`EARLY`]: a worker's chunks are recycled, so up to that many cost
-/// no memory the early chunks did not.
+/// Chunks per worker the workers may have in hand past the one the joiner
+/// waits for, besides the early ones (see [`Window`]). One worker may run
+/// ahead of another (descheduled, or waiting for a page) by that much;
+/// chunks are recycled, so this costs no memory the early chunks did not.
 const AHEAD: usize = 8;
 
 /// Chunks a worker may pair while the map's layout loads, before it waits
@@ -116,24 +115,28 @@ where
         changed: Condvar::new(),
     };
     let stop = AtomicBool::new(false);
+    let window = Window::new(workers);
+    let shared = Shared {
+        slot: &slot,
+        gate: &gate,
+        stop: &stop,
+        window: &window,
+        next: AtomicU64::new(0),
+        chunk,
+        spent: Mutex::new(Vec::new()),
+    };
     let tally = std::thread::scope(|scope| {
-        let mut chunks = Vec::with_capacity(workers);
-        let mut spent = Vec::with_capacity(workers);
-        let mut handles = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (chunk_tx, chunk_rx) = mpsc::sync_channel(AHEAD);
-            let (spent_tx, spent_rx) = mpsc::channel();
-            let (slot, gate, stop) = (&slot, &gate, &stop);
-            let pace = Pace {
-                first: w as u64,
-                stride: workers as u64,
-                chunk,
-            };
-            handles
-                .push(scope.spawn(move || work(src, pace, slot, gate, stop, &chunk_tx, &spent_rx)));
-            chunks.push(chunk_rx);
-            spent.push(spent_tx);
-        }
+        // Room for every chunk the window lets the workers have in hand:
+        // none of them waits to hand one over.
+        let (chunk_tx, chunk_rx) = mpsc::sync_channel(window.size);
+        let shared = &shared;
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let chunks = chunk_tx.clone();
+                scope.spawn(move || work(src, shared, &chunks))
+            })
+            .collect();
+        drop(chunk_tx);
         let index = match load() {
             Ok(index) => index,
             Err(e) => {
@@ -144,10 +147,11 @@ where
         };
         let index = slot.get_or_init(|| index);
         gate.open(true);
-        let joined = join(index, &chunks, &spent);
-        // Workers past the last chunk stop at their next send.
+        let joined = join(index, &chunk_rx, shared);
+        // Workers past the last chunk stop at their next chunk or send.
         stop.store(true, Ordering::Relaxed);
-        drop(chunks);
+        window.close();
+        drop(chunk_rx);
         let mut lefts = Vec::with_capacity(workers);
         for h in handles {
             match h.join() {
@@ -163,26 +167,76 @@ where
     Ok(Counted { index, tally })
 }
 
-/// Which chunks a worker takes: `first`, `first + stride`…, of `chunk`
-/// bytes.
-#[derive(Clone, Copy)]
-struct Pace {
-    first: u64,
-    stride: u64,
+/// What the workers share: the map once loaded, the next chunk to take,
+/// and the chunks the joiner is done with, to be filled again.
+struct Shared<'a> {
+    slot: &'a OnceLock<MapIndex>,
+    gate: &'a Gate,
+    stop: &'a AtomicBool,
+    window: &'a Window,
+    next: AtomicU64,
     chunk: usize,
+    spent: Mutex<Vec<PairedChunk>>,
 }
 
-/// A worker: pairs its chunks, attributes their local requests once the
-/// map is there, and hands each chunk to the joiner, until the trace ends
-/// or nobody listens.
+/// The chunks the workers may have in hand: each takes the next chunk
+/// as it is free (so both end together, whatever else runs on their
+/// cores), but none more than `size` chunks past the one the joiner
+/// waits for, so that memory stays bounded.
+struct Window {
+    /// The chunk the joiner waits for, and whether it has stopped.
+    state: Mutex<(u64, bool)>,
+    moved: Condvar,
+    size: usize,
+}
+
+impl Window {
+    fn new(workers: usize) -> Self {
+        Window {
+            state: Mutex::new((0, false)),
+            moved: Condvar::new(),
+            // Every early chunk, so that no worker waits here with early
+            // chunks in hand (the joiner would wait for them), and a few
+            // more each.
+            size: workers * (EARLY + AHEAD),
+        }
+    }
+
+    /// Waits until chunk `k` is within the window; false if the joiner
+    /// has stopped.
+    fn wait_for(&self, k: u64) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let (wanted, closed) = *state;
+            if closed {
+                return false;
+            }
+            if k < wanted.saturating_add(self.size as u64) {
+                return true;
+            }
+            state = self.moved.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The joiner now waits for chunk `k`.
+    fn advance(&self, k: u64) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = k;
+        self.moved.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.moved.notify_all();
+    }
+}
+
+/// A worker: takes the next chunk, pairs it, attributes its local
+/// requests once the map is there, and hands it to the joiner, until the
+/// trace ends or nobody listens.
 fn work<S: PositionalRead + ?Sized>(
     src: &S,
-    pace: Pace,
-    slot: &OnceLock<MapIndex>,
-    gate: &Gate,
-    stop: &AtomicBool,
-    chunks: &mpsc::SyncSender<PairedChunk>,
-    spent: &mpsc::Receiver<PairedChunk>,
+    shared: &Shared<'_>,
+    chunks: &mpsc::SyncSender<(u64, PairedChunk)>,
 ) -> Left {
     let mut pairer = ChunkPairer::default();
     let mut left = Left {
@@ -191,46 +245,45 @@ fn work<S: PositionalRead + ?Sized>(
     };
     // Chunks paired while the map loads, not attributed yet.
     let mut early: Vec<(u64, PairedChunk)> = Vec::new();
-    let mut k = pace.first;
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if shared.stop.load(Ordering::Relaxed) {
             return left;
         }
-        let mut c = spent.try_recv().unwrap_or_default();
+        let k = shared.next.fetch_add(1, Ordering::Relaxed);
+        // Early chunks are all within the window (see `Window::new`).
+        if early.is_empty() && !shared.window.wait_for(k) {
+            return left;
+        }
+        let spent = shared.spent.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut c = spent.unwrap_or_default();
         // A read error is the sequential replay's to report; so is a
         // trace of more chunks than a key can number (petabytes).
-        if pairer.pair(src, k, pace.chunk, &mut c).is_err() || k > u64::from(u32::MAX) {
+        if pairer.pair(src, k, shared.chunk, &mut c).is_err() || k > u64::from(u32::MAX) {
             c.odd = true;
         }
         let ends = c.last || c.odd;
         early.push((k, c));
-        let loaded = match gate.peek() {
+        let loaded = match shared.gate.peek() {
             Some(loaded) => loaded,
-            None if early.len() < EARLY && !ends => {
-                k += pace.stride;
-                continue;
-            }
-            None => gate.wait(),
+            None if early.len() < EARLY && !ends => continue,
+            None => shared.gate.wait(),
         };
-        let Some(index) = slot.get().filter(|_| loaded) else {
+        let Some(index) = shared.slot.get().filter(|_| loaded) else {
             return left;
         };
         let tally = left.tally.get_or_insert_with(|| Tally::new(index, true));
         for (k, c) in early.drain(..) {
             if !c.odd && c.lines > 0 {
                 attribute(index, tally, k, &c.local);
-                left.last_chunk = Some(k);
+                left.last_chunk = left.last_chunk.max(Some(k));
             }
-            if chunks.send(c).is_err() {
+            if chunks.send((k, c)).is_err() {
                 return left;
             }
         }
         if ends {
             return left;
         }
-        // A chunk numbered past 2^32 ends the worker, so this stays far
-        // from overflowing.
-        k += pace.stride;
     }
 }
 
@@ -305,8 +358,8 @@ struct Joined {
 /// sequential replay.
 fn join(
     index: &MapIndex,
-    chunks: &[mpsc::Receiver<PairedChunk>],
-    spent: &[mpsc::Sender<PairedChunk>],
+    chunks: &mpsc::Receiver<(u64, PairedChunk)>,
+    shared: &Shared<'_>,
 ) -> Option<Joined> {
     let mut joiner = Joiner::default();
     let mut joined = Joined {
@@ -316,13 +369,24 @@ fn join(
         last_chunk: 0,
     };
     let mut events = Vec::new();
+    // Chunks that came before their turn.
+    let mut waiting: std::collections::HashMap<u64, PairedChunk> = std::collections::HashMap::new();
     // Requests before the current chunk.
     let mut seq = 0u64;
     for k in 0u64.. {
-        let w = (k % chunks.len() as u64) as usize;
-        // A worker stops without its chunk only if it panicked; its
-        // panic is raised when it is joined.
-        let mut c = chunks[w].recv().ok()?;
+        shared.window.advance(k);
+        let mut c = match waiting.remove(&k) {
+            Some(c) => c,
+            None => loop {
+                // A worker stops without its chunk only if it panicked;
+                // its panic is raised when it is joined.
+                let (got, c) = chunks.recv().ok()?;
+                if got == k {
+                    break c;
+                }
+                waiting.insert(got, c);
+            },
+        };
         if !joiner.join(&mut c, &mut events) {
             return None;
         }
@@ -341,8 +405,11 @@ fn join(
         seq += c.local.len() as u64 + ranks.len() as u64;
         joined.chunks.push((before, ranks));
         let last = c.last;
-        // The worker may have stopped: its buffers are not needed then.
-        let _ = spent[w].send(c);
+        shared
+            .spent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c);
         if last {
             joined.last_chunk = k;
             break;
@@ -531,5 +598,20 @@ mod tests {
             }
         }
         assert!(same > 120 && handed_back > 40, "{same} {handed_back}");
+    }
+
+    /// A map that fails to load stops the workers wherever they are
+    /// (pairing early chunks, waiting for the map) and its error comes
+    /// back as it is.
+    #[test]
+    fn a_map_that_fails_to_load_stops_the_workers() {
+        let data = test_trace(7, 3000);
+        for (workers, chunk) in [(1, 97), (2, 500), (3, 64), (2, 1 << 20)] {
+            let counted = count(&data[..], workers, chunk, || Err::<MapIndex, _>("no map"));
+            assert!(
+                matches!(counted, Err("no map")),
+                "{workers} workers, chunk {chunk}"
+            );
+        }
     }
 }
