@@ -1866,30 +1866,7 @@ fn write_summary(
                 "  {:>8} {:>12} {:>8} {:>10} {:>7} {:>10}  path",
                 "seq", "time", "requests", "read", "%read", "re-read"
             )?;
-            // Each file's line takes a few cache misses (its numbers, its
-            // row, its name, all at random places): the lines are made by
-            // as many threads as there are cores, a block at a time, and
-            // written in order. Each thread keeps its buffer from block to
-            // block: a fresh one would be paged in (and zeroed) anew.
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-            let mut texts = vec![Vec::new(); threads];
-            for block in touched.order.chunks(1 << 15) {
-                let mut parts: Vec<&[u32]> = block.chunks(block.len().div_ceil(threads)).collect();
-                if block.len() < 4096 {
-                    parts = vec![block];
-                }
-                let used = &mut texts[..parts.len()];
-                std::thread::scope(|scope| {
-                    let (first, rest) = used.split_at_mut(1);
-                    for (text, ids) in rest.iter_mut().zip(&parts[1..]) {
-                        scope.spawn(move || file_lines(text, index, touched, ids, first_time));
-                    }
-                    file_lines(&mut first[0], index, touched, parts[0], first_time);
-                });
-                for text in used.iter() {
-                    out.write_all(text)?;
-                }
-            }
+            write_file_lines(out, index, touched, first_time)?;
             writeln!(out, "\nbytes by kind:")?;
             writeln!(out, "  {:<34} {:>12} {:>12}", "kind", "read", "written")?;
             for (k, (r, w)) in GROUPS
@@ -1913,6 +1890,67 @@ fn write_summary(
         }
     }
     Ok(())
+}
+
+/// Files per block of the summary's lines: some 400 KB of text.
+const LINES_BLOCK: usize = 4096;
+
+/// Writes the summary's file lines. Each takes a few cache misses (its
+/// numbers, its row, its name, all at random places), so the lines are
+/// made by as many threads as there are cores (at most 4), a block at a
+/// time in turn, and written in order. The blocks' buffers go back to be
+/// filled again: small and reused, they stay in the cache, where large
+/// ones would be fresh pages, each zeroed by the kernel (on a virtual
+/// machine, often slowly).
+fn write_file_lines(
+    out: &mut dyn std::io::Write,
+    index: &MapIndex,
+    touched: &Touched,
+    first_time: Option<f64>,
+) -> std::io::Result<()> {
+    let blocks: Vec<&[u32]> = touched.order.chunks(LINES_BLOCK).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let threads = cores.min(blocks.len()).max(1);
+    std::thread::scope(|scope| {
+        let mut made = Vec::with_capacity(threads - 1);
+        for helper in 1..threads {
+            // Two blocks ready ahead of the writer at most, per helper.
+            let (block_tx, block_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+            let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let blocks = &blocks;
+            scope.spawn(move || {
+                for ids in blocks.iter().skip(helper).step_by(threads) {
+                    let mut text = back_rx.try_recv().unwrap_or_default();
+                    file_lines(&mut text, index, touched, ids, first_time);
+                    // The writer stopped (an output error): so does this.
+                    if block_tx.send(text).is_err() {
+                        return;
+                    }
+                }
+            });
+            made.push((block_rx, back_tx));
+        }
+        let mut mine = Vec::new();
+        for (i, ids) in blocks.iter().enumerate() {
+            match (i % threads).checked_sub(1) {
+                None => {
+                    file_lines(&mut mine, index, touched, ids, first_time);
+                    out.write_all(&mine)?;
+                }
+                Some(helper) => {
+                    let (block_rx, back_tx) = &made[helper];
+                    // A helper stops without its block only if it
+                    // panicked; the scope raises its panic.
+                    let Ok(text) = block_rx.recv() else {
+                        break;
+                    };
+                    out.write_all(&text)?;
+                    let _ = back_tx.send(text);
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Appends `s` right-aligned in `width` columns, as `{:>width}` does for

@@ -26,6 +26,9 @@ pub struct Args {
     pub offset: u64,
 }
 
+/// Bytes of output buffered.
+const OUT_BUFFER: usize = 256 * 1024;
+
 /// Bytes read to guess the format.
 const SNIFF_BYTES: usize = 64 * 1024;
 
@@ -172,7 +175,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         conn: &conn,
     };
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    // Below the allocator's huge-page size: the summary writes its lines
+    // in blocks past the buffer, and a huge page would be zeroed whole.
+    let mut out = std::io::BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
     let replayed = match counted {
         Some((outcome, tally)) => {
             replay::write_view(&index, &opts, &mut out, &outcome, &tally).map(|()| outcome)
