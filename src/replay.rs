@@ -449,6 +449,9 @@ pub struct Touched {
     firsts: Vec<u64>,
 }
 
+/// Objects between the stages of [`Touched::add_numbers`]' pipeline.
+const ADD_STAGE: usize = 8;
+
 /// Objects whose numbers a table makes room for at once (64 MiB of address
 /// space): more are made room for as they come.
 const RESERVED_OBJECTS: usize = 1 << 20;
@@ -629,49 +632,46 @@ impl Touched {
     /// [`merge_orders`]'s to make.
     fn add_numbers(&mut self, mut other: Touched, order: &[u32]) {
         let take_over = self.extra.is_empty() && other.extra.is_empty();
-        // A group at a time, its objects' slots read first and then the
-        // numbers they point to, each pass's loads independent of one
-        // another: one by one, every object of `other` is two cache
-        // misses waited for in turn.
-        let mut slots = [0u32; WARM_AHEAD];
-        for (g, group) in order.chunks(WARM_AHEAD).enumerate() {
-            let mut sum = 0u64;
-            for (&o, slot) in group.iter().zip(&mut slots) {
-                *slot = self.slot_of(o);
+        // Each object of `other` is two cache misses here, its slot and the
+        // numbers it points to: fetched in a pipeline (as in
+        // `fused::attribute`), the slot of the object `2 * ADD_STAGE`
+        // ahead of the one added, the numbers of the one `ADD_STAGE` ahead.
+        for t in 0..order.len() + 2 * ADD_STAGE {
+            if let Some(&o) = order.get(t) {
+                self.prefetch_slot(o);
             }
-            for &slot in &slots[..group.len()] {
-                sum = sum.wrapping_add(self.requests_at(slot));
+            let at = |stage: usize| t.checked_sub(stage * ADD_STAGE);
+            if let Some(&o) = at(1).and_then(|j| order.get(j)) {
+                self.prefetch_numbers(o);
             }
-            std::hint::black_box(sum);
-            let base = g * WARM_AHEAD;
-            for (k, (&o, &slot)) in group.iter().zip(&slots).enumerate() {
-                let i = base + k;
-                let Some(theirs) = other.stats.get_mut(i) else {
+            let Some((i, &o)) = at(2).and_then(|i| Some((i, order.get(i)?))) else {
+                continue;
+            };
+            let Some(theirs) = other.stats.get_mut(i) else {
+                continue;
+            };
+            let into = match Place::of(self.slot_of(o)) {
+                Some(Place::Stats(j)) => self.stats.get_mut(j),
+                Some(Place::Extra(j)) => self.extra.get_mut(j),
+                None if take_over => {
+                    // Indices of `other.stats` are below 2^31, as its
+                    // slots were.
+                    *self.slot_mut(o) = EXTRA | (i as u32 + 1);
                     continue;
-                };
-                let into = match Place::of(slot) {
-                    Some(Place::Stats(j)) => self.stats.get_mut(j),
-                    Some(Place::Extra(j)) => self.extra.get_mut(j),
-                    None if take_over => {
-                        // Indices of `other.stats` are below 2^31, as its
-                        // slots were.
-                        *self.slot_mut(o) = EXTRA | (i as u32 + 1);
-                        continue;
-                    }
-                    None => self
-                        .slot_made(o, theirs.first_seq, theirs.first_time())
-                        .and_then(|(slot, _)| self.at_mut(Place::of(slot)?)),
-                };
-                let Some(into) = into else { continue };
-                if theirs.first_seq < into.first_seq {
-                    into.first_seq = theirs.first_seq;
-                    into.first_time = theirs.first_time;
                 }
-                into.requests += theirs.requests;
-                into.bytes_read += theirs.bytes_read;
-                into.bytes_written += theirs.bytes_written;
-                into.coverage.absorb(&theirs.coverage);
+                None => self
+                    .slot_made(o, theirs.first_seq, theirs.first_time())
+                    .and_then(|(slot, _)| self.at_mut(Place::of(slot)?)),
+            };
+            let Some(into) = into else { continue };
+            if theirs.first_seq < into.first_seq {
+                into.first_seq = theirs.first_seq;
+                into.first_time = theirs.first_time;
             }
+            into.requests += theirs.requests;
+            into.bytes_read += theirs.bytes_read;
+            into.bytes_written += theirs.bytes_written;
+            into.coverage.absorb(&theirs.coverage);
         }
         if take_over {
             self.extra = other.stats;
