@@ -38,33 +38,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => find_map()?,
     };
     let conn = store::open(&map_path, false)?;
-    // The map is read while the trace is opened and parsed. Its packed copy
-    // loads in milliseconds; without one, the layout and kinds are read on
-    // one thread and the names and paths (only needed to print) on
-    // another. --store writes to the map, so there everything is read
-    // first, by one connection, as before.
-    let layout = {
-        let eager = args.store;
+    // The map is read while the trace is opened and parsed: the layout and
+    // kinds (all that attributing needs) on one thread, the names and
+    // paths (only needed to print) on another, from the packed copy if
+    // the map has one, else from the tables. --store writes to the map, so
+    // there everything is read first, by one connection.
+    let objects = (!args.store).then(|| {
         let path = map_path.clone();
         std::thread::spawn(move || {
-            let index = if eager {
-                MapIndex::load(&conn)
-            } else {
+            let conn = store::open(&path, false)?;
+            MapIndex::load_objects(&conn)
+        })
+    });
+    let layout = std::thread::spawn(move || {
+        let index = match objects {
+            None => MapIndex::load(&conn),
+            Some(objects) => {
                 let layout = match MapIndex::load_packed_layout(&conn) {
                     Ok(Some(index)) => Ok(index),
                     Ok(None) => MapIndex::load_layout(&conn),
                     Err(e) => Err(e),
                 };
-                layout.map(|index| {
-                    index.objects_from(std::thread::spawn(move || {
-                        let conn = store::open(&path, false)?;
-                        MapIndex::load_objects(&conn)
-                    }))
-                })
-            };
-            (conn, index)
-        })
-    };
+                layout.map(|index| index.objects_from(objects))
+            }
+        };
+        (conn, index)
+    });
     let mut prepared = prepare(&args);
     let load = || -> anyhow::Result<(rusqlite::Connection, MapIndex)> {
         let (conn, index) = match layout.join() {
