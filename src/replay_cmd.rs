@@ -179,7 +179,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
     let replayed = match counted {
         Some((outcome, tally)) => {
-            replay::write_view(&index, &opts, &mut out, &outcome, &tally).map(|()| outcome)
+            let written = replay::write_view(&index, &opts, &mut out, &outcome, &tally);
+            // As the index: freeing the numbers of every object touched,
+            // and their lists of ranges one by one, would only cost time.
+            std::mem::forget(tally);
+            written.map(|()| outcome)
         }
         None => {
             let events = match early {
