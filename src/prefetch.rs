@@ -10,7 +10,7 @@
 /// Starts fetching the cache line holding `*p` into every cache level;
 /// does nothing where there is no such instruction.
 #[inline(always)]
-pub fn prefetch<T>(p: &T) {
+pub(crate) fn prefetch<T>(p: &T) {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     // SAFETY: a prefetch reads nothing into the program and cannot fault
