@@ -6,10 +6,10 @@
 //! takes the next chunk of the trace as it is free, pairs it (see
 //! [`paired`]) and attributes the requests that complete within it into a
 //! [`Tally`] of its own; the calling thread only joins what crosses chunk
-//! boundaries — a few
-//! requests per chunk — and attributes those. The tallies are then added
-//! up, each request renumbered to its place in the sequential order, so
-//! that the views print exactly what the sequential replay prints.
+//! boundaries — a few requests per chunk — and attributes those. The
+//! tallies are then added up, each request renumbered to its place in the
+//! sequential order, so that the views print exactly what the sequential
+//! replay prints.
 //!
 //! A trace the joiner cannot place exactly (bad lines, reused ids, a read
 //! error…) makes [`count`] return no tally, and the caller replays it the
