@@ -255,7 +255,7 @@ fn work<S: PositionalRead + ?Sized>(
             return left;
         }
         let spent = shared.spent.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut c = spent.unwrap_or_default();
+        let mut c = spent.unwrap_or_else(|| PairedChunk::for_size(shared.chunk));
         // A read error is the sequential replay's to report; so is a
         // trace of more chunks than a key can number (petabytes).
         if pairer.pair(src, k, shared.chunk, &mut c).is_err() || k > u64::from(u32::MAX) {

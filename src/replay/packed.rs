@@ -25,7 +25,7 @@
 //! - `strings`: the UTF-8 text of every name, device and path not in a
 //!   name, in the order `objects` reads them.
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use super::objects::{ObjectTable, Row, Span};
 use crate::map::Kind;
@@ -165,19 +165,127 @@ pub fn decode(
     decode_objects(kinds, objects, strings)
 }
 
+/// A record of the `segments` or `objects` blob is at most this long: two
+/// bytes and five integers of at most ten bytes.
+const MAX_RECORD: usize = 64;
+
+/// Bytes that a decoder reads a record at a time: a blob in memory, or
+/// one of the map's read a piece at a time ([`BlobRecords`]).
+trait Records {
+    /// How many bytes there are.
+    fn len(&self) -> usize;
+
+    /// Calls `record` until every byte is taken: each call takes one
+    /// record (at most [`MAX_RECORD`] bytes) off the front of what it is
+    /// given, or says that the bytes are out of place.
+    fn each(self, record: impl FnMut(&mut &[u8]) -> Option<()>) -> Option<()>;
+}
+
+impl Records for &[u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn each(mut self, mut record: impl FnMut(&mut &[u8]) -> Option<()>) -> Option<()> {
+        while !self.is_empty() {
+            let before = self.len();
+            record(&mut self)?;
+            if self.len() == before {
+                return None;
+            }
+        }
+        Some(())
+    }
+}
+
+/// A blob column of the packed row, read through SQLite's incremental
+/// blob I/O a piece at a time into one small buffer, and decoded from
+/// there. Read as a column, a blob is first copied whole into a buffer of
+/// SQLite's, megabytes of fresh pages that the kernel faults in and zeroes
+/// one by one, to be read once: the summary of the bench's 1M trace took
+/// 4,300 page faults that way, 3,500 this way.
+struct BlobRecords<'conn> {
+    blob: rusqlite::blob::Blob<'conn>,
+}
+
+/// Bytes of a blob read at a time.
+const PIECE: usize = 64 << 10;
+
+impl BlobRecords<'_> {
+    fn open<'conn>(
+        conn: &'conn Connection,
+        column: &str,
+        rowid: i64,
+    ) -> Option<BlobRecords<'conn>> {
+        let blob = conn
+            .blob_open(
+                rusqlite::DatabaseName::Main,
+                "packed_map",
+                column,
+                rowid,
+                true,
+            )
+            .ok()?;
+        Some(BlobRecords { blob })
+    }
+}
+
+impl Records for BlobRecords<'_> {
+    fn len(&self) -> usize {
+        self.blob.len()
+    }
+
+    fn each(self, mut record: impl FnMut(&mut &[u8]) -> Option<()>) -> Option<()> {
+        let total = self.blob.len();
+        let mut buf = vec![0u8; PIECE];
+        // `buf[..held]` is read and not yet decoded; `read` bytes of the
+        // blob have been read.
+        let (mut held, mut read) = (0, 0);
+        loop {
+            let more = (PIECE - held).min(total - read);
+            self.blob
+                .read_at_exact(&mut buf[held..held + more], read)
+                .ok()?;
+            read += more;
+            held += more;
+            let last = read == total;
+            let mut rest = &buf[..held];
+            // Short of the blob's end, a record is decoded only when the
+            // whole of it is surely in the buffer.
+            while if last {
+                !rest.is_empty()
+            } else {
+                rest.len() >= MAX_RECORD
+            } {
+                let before = rest.len();
+                record(&mut rest)?;
+                if rest.len() == before {
+                    return None;
+                }
+            }
+            if last {
+                return Some(());
+            }
+            let left = rest.len();
+            buf.copy_within(held - left..held, 0);
+            held = left;
+        }
+    }
+}
+
 /// Unpacks the layout, calling `segment(start, end, owner)` in disk order;
 /// `None` if anything is out of place.
-fn decode_segments(mut segments: &[u8], mut segment: impl FnMut(u64, u64, u32)) -> Option<()> {
+fn decode_segments(segments: impl Records, mut segment: impl FnMut(u64, u64, u32)) -> Option<()> {
     let mut prev_end = 0u64;
-    while !segments.is_empty() {
-        let start = prev_end.checked_add(take(&mut segments)?)?;
-        let len = take(&mut segments)?;
+    segments.each(|segments| {
+        let start = prev_end.checked_add(take(segments)?)?;
+        let len = take(segments)?;
         let end = start.checked_add(len).filter(|_| len > 0)?;
-        let owner = u32::try_from(take(&mut segments)?).ok()?;
+        let owner = u32::try_from(take(segments)?).ok()?;
         segment(start, end, owner);
         prev_end = end;
-    }
-    Some(())
+        Some(())
+    })
 }
 
 /// The kinds the `kinds` column names, in its order.
@@ -237,21 +345,26 @@ impl Record {
 /// Every object's kind, indexed by id (0 unused, as in the object table),
 /// read from the `objects` blob without its text: what attributing needs,
 /// before the names are read. `None` if the blob is out of place.
-pub fn decode_kinds(kinds: &str, mut objects: &[u8]) -> Option<Vec<Kind>> {
+pub fn decode_kinds(kinds: &str, objects: &[u8]) -> Option<Vec<Kind>> {
+    kinds_of(kinds, objects)
+}
+
+fn kinds_of(kinds: &str, objects: impl Records) -> Option<Vec<Kind>> {
     let list = kind_list(kinds);
     // Every object takes at least three bytes.
     let mut out = Vec::with_capacity(1 + objects.len() / 3);
     // The object table's unused row 0 is a default one.
     out.push(Kind::default());
-    while !objects.is_empty() {
-        out.push(Record::take(&mut objects, &list)?.kind);
-    }
+    objects.each(|objects| {
+        out.push(Record::take(objects, &list)?.kind);
+        Some(())
+    })?;
     Some(out)
 }
 
 /// The object table the `objects` blob and the `strings` arena spell;
 /// `None` if anything is out of place.
-fn decode_objects(kinds: &str, mut objects: &[u8], strings: Vec<u8>) -> Option<ObjectTable> {
+fn decode_objects(kinds: &str, objects: impl Records, strings: Vec<u8>) -> Option<ObjectTable> {
     let kinds = kind_list(kinds);
     let strings = String::from_utf8(strings).ok()?;
     // Every object takes at least three bytes.
@@ -263,8 +376,8 @@ fn decode_objects(kinds: &str, mut objects: &[u8], strings: Vec<u8>) -> Option<O
         at = at.checked_add(usize::try_from(len).ok()?)?;
         (at <= strings.len()).then_some(Span::new(start, at)?)
     };
-    while !objects.is_empty() {
-        let r = Record::take(&mut objects, &kinds)?;
+    objects.each(|objects| {
+        let r = Record::take(objects, &kinds)?;
         let name = next(r.name)?;
         // The device is the name's prefix or text of its own, the path
         // its suffix or text of its own.
@@ -289,7 +402,8 @@ fn decode_objects(kinds: &str, mut objects: &[u8], strings: Vec<u8>) -> Option<O
         let device = inner(r.device, r.flags & DEVICE_IN_NAME != 0, true)?;
         let path = inner(r.path, r.flags & PATH_IN_NAME != 0, false)?;
         rows.push(Row::new(r.kind, r.partition, r.size, name, device, path));
-    }
+        Some(())
+    })?;
     // The spans made above lie within the arena; in ASCII text (most
     // names) every byte starts a character, so there is nothing to check.
     let ascii = strings.is_ascii();
@@ -310,7 +424,7 @@ pub trait Segments {
 }
 
 /// Unpacks the layout into `out`.
-fn decode_into(layout: &[u8], out: &mut impl Segments) -> Option<()> {
+fn decode_into(layout: impl Records, out: &mut impl Segments) -> Option<()> {
     out.reserve(layout.len() / 3);
     decode_segments(layout, |s, e, o| out.push(s, e, o))
 }
@@ -321,10 +435,10 @@ pub fn load(
     conn: &Connection,
     segments: &mut impl Segments,
 ) -> crate::error::Result<Option<ObjectTable>> {
-    read_row(conn, true, |kinds, layout, objects, strings| {
-        decode_into(layout, segments)?;
-        decode_objects(kinds, objects, strings?)
-    })
+    Ok(packed_row(conn).and_then(|(kinds, rowid)| {
+        decode_into(BlobRecords::open(conn, "segments", rowid)?, segments)?;
+        objects_of(conn, &kinds, rowid)
+    }))
 }
 
 /// The layout (into `segments`, as [`load`] puts it) and every object's kind (see
@@ -334,67 +448,51 @@ pub fn load_layout(
     conn: &Connection,
     segments: &mut impl Segments,
 ) -> crate::error::Result<Option<Vec<Kind>>> {
-    read_row(conn, false, |kinds, layout, objects, _| {
-        let kinds = decode_kinds(kinds, objects)?;
-        decode_into(layout, segments)?;
+    Ok(packed_row(conn).and_then(|(kinds, rowid)| {
+        let kinds = kinds_of(&kinds, BlobRecords::open(conn, "objects", rowid)?)?;
+        decode_into(BlobRecords::open(conn, "segments", rowid)?, segments)?;
         Some(kinds)
-    })
+    }))
 }
 
 /// The object table of the map's packed row; `None` when it has no usable
 /// one.
 pub fn load_objects(conn: &Connection) -> crate::error::Result<Option<ObjectTable>> {
-    read_row(conn, true, |kinds, _, objects, strings| {
-        decode_objects(kinds, objects, strings?)
-    })
+    Ok(packed_row(conn).and_then(|(kinds, rowid)| objects_of(conn, &kinds, rowid)))
 }
 
-/// Reads the map's packed row, if it is of the format this bmap reads,
-/// and hands `decode` its kinds, segments, objects and, `with_strings`,
-/// strings.
-fn read_row<T>(
-    conn: &Connection,
-    with_strings: bool,
-    decode: impl FnOnce(&str, &[u8], &[u8], Option<Vec<u8>>) -> Option<T>,
-) -> crate::error::Result<Option<T>> {
-    // The strings, most of the row, are read by themselves, straight into
-    // the arena: as a column, SQLite would first copy them into a buffer
-    // of its own (fresh memory, zeroed page by page) for us to copy again.
-    let mut st = match conn.prepare(
-        "SELECT format, kinds, segments, objects, typeof(strings) = 'blob', rowid \
-         FROM packed_map LIMIT 1",
-    ) {
-        Ok(st) => st,
-        // A map without the table (a hand-made one): the tables will do.
-        Err(_) => return Ok(None),
-    };
+/// The object table of packed row `rowid`, whose kinds are `kinds`.
+fn objects_of(conn: &Connection, kinds: &str, rowid: i64) -> Option<ObjectTable> {
+    let strings = read_strings(conn, rowid)?;
+    decode_objects(kinds, BlobRecords::open(conn, "objects", rowid)?, strings)
+}
+
+/// The map's packed row, if there is one of the format this bmap reads
+/// with blobs where it keeps them: its kinds and rowid.
+fn packed_row(conn: &Connection) -> Option<(String, i64)> {
+    // A map without the table (a hand-made one) or with a row of the
+    // wrong types: the tables will do.
+    let mut st = conn
+        .prepare(
+            "SELECT format, kinds, rowid FROM packed_map \
+             WHERE typeof(segments) = 'blob' AND typeof(objects) = 'blob' \
+             AND typeof(strings) = 'blob' LIMIT 1",
+        )
+        .ok()?;
     let row = st
         .query_row([], |r| {
             let format: i64 = r.get(0)?;
-            if format != FORMAT || !r.get::<_, bool>(4)? {
-                return Ok(None);
-            }
-            let strings = if with_strings {
-                let Some(strings) = read_strings(conn, r.get(5)?) else {
-                    return Ok(None);
-                };
-                Some(strings)
-            } else {
-                None
-            };
-            let kinds: String = r.get(1)?;
-            let blob = |i| r.get_ref(i).and_then(|v| Ok(v.as_blob()?));
-            Ok(Some(decode(&kinds, blob(2)?, blob(3)?, strings)))
+            Ok((format == FORMAT).then(|| (r.get::<_, String>(1), r.get::<_, i64>(2))))
         })
-        .optional();
-    // A row of the wrong types is of no use either.
-    Ok(row.ok().flatten().flatten().flatten())
+        .ok()??;
+    Some((row.0.ok()?, row.1.ok()?))
 }
 
-/// The `strings` of `packed_map`'s row `rowid`.
+/// The `strings` of `packed_map`'s row `rowid`, read straight into the
+/// arena: as a column, SQLite would first copy them into a buffer of its
+/// own (fresh memory, zeroed page by page) for us to copy again.
 fn read_strings(conn: &Connection, rowid: i64) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut blob = conn
+    let blob = conn
         .blob_open(
             rusqlite::DatabaseName::Main,
             "packed_map",
@@ -405,7 +503,7 @@ fn read_strings(conn: &Connection, rowid: i64) -> Option<Vec<u8>> {
         .ok()?;
     // Zeroed, a large buffer is fresh pages: nothing is written twice.
     let mut buf = vec![0; blob.len()];
-    blob.read_exact(&mut buf).ok()?;
+    blob.read_at_exact(&mut buf, 0).ok()?;
     Some(buf)
 }
 

@@ -93,6 +93,17 @@ pub struct PairedChunk {
 }
 
 impl PairedChunk {
+    /// An empty chunk with room for the local events of `size` bytes of
+    /// a usual trace (a request and its completion take some 130 bytes):
+    /// grown from nothing, its table is copied into fresh pages at every
+    /// doubling.
+    pub fn for_size(size: usize) -> Self {
+        PairedChunk {
+            local: Vec::with_capacity(size / 128),
+            ..PairedChunk::default()
+        }
+    }
+
     fn clear(&mut self) {
         self.local.clear();
         self.edges.clear();
