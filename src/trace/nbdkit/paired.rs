@@ -65,7 +65,6 @@ impl Local {
 
 /// What one chunk of the trace says, paired as far as the chunk allows.
 /// Its buffers are kept from chunk to chunk.
-#[derive(Default)]
 pub struct PairedChunk {
     /// Its local events, in the order the sequential parser yields them.
     pub local: Vec<Local>,
@@ -82,6 +81,11 @@ pub struct PairedChunk {
     ids: Vec<(Option<u64>, Runs)>,
     /// Connections in `ids` (its inner lists are kept for the next chunk).
     connections: usize,
+    /// For connections numbered below [`NUMBERED`], 1 + where they are in
+    /// `ids`, 0 if not there: a request finds its connection's runs
+    /// without comparing connections (whose order, as the threads of
+    /// nbdkit interleave, no branch predictor guesses).
+    numbered: [u8; NUMBERED],
     /// Requests in flight within the chunk at most.
     most_pending: usize,
     /// Lines that began in the chunk.
@@ -90,6 +94,26 @@ pub struct PairedChunk {
     pub odd: bool,
     /// The trace ends in this chunk.
     pub last: bool,
+}
+
+/// Connections with a place in [`PairedChunk::numbered`].
+const NUMBERED: usize = 64;
+
+impl Default for PairedChunk {
+    fn default() -> Self {
+        PairedChunk {
+            local: Vec::new(),
+            edges: Vec::new(),
+            open: Vec::new(),
+            ids: Vec::new(),
+            connections: 0,
+            numbered: [0; NUMBERED],
+            most_pending: 0,
+            lines: 0,
+            odd: false,
+            last: false,
+        }
+    }
 }
 
 impl PairedChunk {
@@ -108,6 +132,11 @@ impl PairedChunk {
         self.local.clear();
         self.edges.clear();
         self.open.clear();
+        for (connection, _) in &self.ids[..self.connections] {
+            if let Some(at) = Self::numbered_at(*connection) {
+                self.numbered[at] = 0;
+            }
+        }
         self.connections = 0;
         self.most_pending = 0;
         self.lines = 0;
@@ -115,25 +144,30 @@ impl PairedChunk {
         self.last = false;
     }
 
+    /// Where `connection` goes in [`PairedChunk::numbered`], if it has a
+    /// place there.
+    fn numbered_at(connection: Option<u64>) -> Option<usize> {
+        connection
+            .and_then(|c| usize::try_from(c).ok())
+            .filter(|&c| c < NUMBERED)
+    }
+
     /// Notes request line `id` on `connection`; false if the chunk's ids
     /// are too scattered to keep ([`MAX_RUNS`] runs on one connection).
     #[inline]
     fn saw_request(&mut self, connection: Option<u64>, id: u64) -> bool {
-        // Few connections are active in one chunk: a short scan.
-        let used = &mut self.ids[..self.connections];
-        let runs = match used.iter_mut().find(|e| e.0 == connection) {
-            Some((_, runs)) => runs,
-            None => {
-                if self.ids.len() == self.connections {
-                    self.ids.push((connection, Vec::new()));
-                }
-                let e = &mut self.ids[self.connections];
-                self.connections += 1;
-                e.0 = connection;
-                e.1.clear();
-                &mut e.1
-            }
+        let numbered = Self::numbered_at(connection);
+        let at = match numbered.map(|c| self.numbered[c]) {
+            Some(held) if held > 0 => usize::from(held - 1),
+            _ => match self.ids[..self.connections]
+                .iter()
+                .position(|e| e.0 == connection)
+            {
+                Some(at) => at,
+                None => self.new_connection(connection, numbered),
+            },
         };
+        let runs = &mut self.ids[at].1;
         // The next id of the last run, mostly.
         if let Some(last) = runs.last_mut() {
             if last.1.checked_add(1) == Some(id) {
@@ -143,6 +177,25 @@ impl PairedChunk {
         }
         add_run(runs, id);
         runs.len() <= MAX_RUNS
+    }
+
+    /// Makes room in `ids` for a connection not there yet: where it is.
+    #[inline(never)]
+    fn new_connection(&mut self, connection: Option<u64>, numbered: Option<usize>) -> usize {
+        if self.ids.len() == self.connections {
+            self.ids.push((connection, Vec::new()));
+        }
+        let at = self.connections;
+        self.connections += 1;
+        let e = &mut self.ids[at];
+        e.0 = connection;
+        e.1.clear();
+        // Chunks see a few connections: an index past 255 is only looked
+        // for the slow way.
+        if let (Some(c), Ok(held)) = (numbered, u8::try_from(at + 1)) {
+            self.numbered[c] = held;
+        }
+        at
     }
 
     /// The number of local events so far: where an edge goes among them.
@@ -339,11 +392,9 @@ impl Sink for Pairs<'_> {
         if !self.out.saw_request(connection, id) {
             return false;
         }
-        let waiting = self.pending.waiting(connection);
-        if waiting.get_mut(id).is_some() {
+        if !self.pending.waiting(connection).insert_new(id, p) {
             return false;
         }
-        waiting.insert(id, p);
         *self.npending += 1;
         self.out.most_pending = self.out.most_pending.max(*self.npending);
         true
