@@ -3,9 +3,9 @@
 //!
 //!     cargo run --release --example replay_floor -- STAGE TRACE [MAP]
 //!
-//! - `lines`: each thread reads its 1 MiB chunks of TRACE (`pread`, as the
-//!   replay reads them) and counts their newlines: the cost of reading the
-//!   trace at all, with every core.
+//! - `lines`: each thread counts the newlines of its 1 MiB chunks of
+//!   TRACE, mapped as the replay maps it (read with `pread` where it
+//!   cannot be): the cost of reading the trace at all, with every core.
 //! - `pair`: each thread reads and pairs its chunks with the replay's own
 //!   `ChunkPairer` (the nbdkit parser and the per-chunk pairing), and
 //!   attributes nothing.
@@ -20,13 +20,14 @@
 //! is the map.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::ExitCode;
 
 use bmap::replay::fused::{self, CHUNK};
 use bmap::replay::MapIndex;
+use bmap::trace::mapped::Mapped;
 use bmap::trace::nbdkit::paired::{ChunkPairer, PairedChunk};
+use bmap::trace::PositionalRead;
 
 // bmap's own allocator (huge pages for its tables, aligned I/O buffers):
 // the stages must pay for memory as `bmap replay` does.
@@ -54,14 +55,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mapped = Mapped::new(&file);
+    let file: &dyn PositionalRead = match &mapped {
+        Some(m) => m,
+        None => &file,
+    };
     let workers = fused::workers();
     if let Some(map) = map {
-        return count(&file, workers, map);
+        return count(file, workers, map);
     }
     let counts: Vec<(u64, u64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
-                let file = &file;
                 scope.spawn(move || match stage {
                     "lines" => count_lines(file, w, workers),
                     _ => pair(file, w, workers),
@@ -86,7 +91,7 @@ fn main() -> ExitCode {
 }
 
 /// The summary's counting, as `bmap replay --summary` does it.
-fn count(file: &File, workers: usize, map: &str) -> ExitCode {
+fn count(file: &dyn PositionalRead, workers: usize, map: &str) -> ExitCode {
     let load = || -> bmap::Result<MapIndex> {
         let conn = bmap::store::open(Path::new(map), false)?;
         MapIndex::load_packed(&conn)?
@@ -113,9 +118,18 @@ fn count(file: &File, workers: usize, map: &str) -> ExitCode {
     }
 }
 
-/// Newlines in chunks `w`, `w + stride`…, read one at a time into one
-/// buffer.
-fn count_lines(file: &File, w: usize, stride: usize) -> (u64, u64) {
+/// Newlines in chunks `w`, `w + stride`…, where they are mapped, else
+/// read one at a time into one buffer.
+fn count_lines(file: &dyn PositionalRead, w: usize, stride: usize) -> (u64, u64) {
+    if let Some(all) = file.whole() {
+        let lines = all
+            .chunks(CHUNK)
+            .skip(w)
+            .step_by(stride)
+            .map(|c| memchr::memchr_iter(b'\n', c).count() as u64)
+            .sum();
+        return (lines, 0);
+    }
     let mut buf = vec![0u8; CHUNK];
     let (mut lines, mut k) = (0u64, w as u64);
     loop {
@@ -132,7 +146,7 @@ fn count_lines(file: &File, w: usize, stride: usize) -> (u64, u64) {
 
 /// Chunks `w`, `w + stride`… paired as the replay's workers pair them:
 /// the requests completed within them, and the chunks.
-fn pair(file: &File, w: usize, stride: usize) -> (u64, u64) {
+fn pair(file: &dyn PositionalRead, w: usize, stride: usize) -> (u64, u64) {
     let mut pairer = ChunkPairer::default();
     let mut chunk = PairedChunk::default();
     let (mut local, mut chunks, mut k) = (0u64, 0u64, w as u64);

@@ -93,17 +93,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (conn, index, counted) = match counting {
         Some(file) => {
             let mut conn = None;
-            let c = replay::fused::count(
-                &file,
-                replay::fused::workers(),
-                replay::fused::CHUNK,
-                || {
+            // Parsed where it lies in the page cache, if it can be mapped.
+            let mapped = bmap::trace::mapped::Mapped::new(&file);
+            let src: &dyn bmap::trace::PositionalRead = match &mapped {
+                Some(m) => m,
+                None => &file,
+            };
+            let c =
+                replay::fused::count(src, replay::fused::workers(), replay::fused::CHUNK, || {
                     load().map(|(c, index)| {
                         conn = Some(c);
                         index
                     })
-                },
-            )?;
+                })?;
+            if mapped.as_ref().is_some_and(|m| m.cut()) {
+                bail!(
+                    "{}: the trace shrank while it was read",
+                    args.trace.display()
+                );
+            }
+            drop(mapped);
             if c.tally.is_none() {
                 early = Some(parse_in_parallel(file, false));
             }

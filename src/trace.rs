@@ -7,6 +7,7 @@
 
 pub mod blkparse;
 pub mod csv;
+pub mod mapped;
 pub mod nbdkit;
 pub mod qemu;
 
@@ -244,6 +245,17 @@ impl<R: BufRead> LineReader<R> {
 pub trait PositionalRead: Send + Sync {
     /// As [`std::os::unix::fs::FileExt::read_at`]: 0 at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Every byte of the source, if they are all in memory already (a
+    /// mapped file): then read where they are rather than copied.
+    fn whole(&self) -> Option<&[u8]> {
+        None
+    }
+
+    /// Bytes `from..to` will not be read again soon: a mapped file lets go
+    /// of their pages (they stay in the page cache), so that what is
+    /// resident stays what is being read, not the whole file.
+    fn done_with(&self, _from: u64, _to: u64) {}
 }
 
 impl PositionalRead for std::fs::File {
@@ -390,8 +402,8 @@ pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
     size: usize,
     win: &mut Window,
     state: &mut T,
-    mut quick: impl FnMut(&mut T, u64, &[u8]) -> Option<(usize, bool)>,
-    mut f: impl FnMut(&mut T, u64, Option<&[u8]>) -> bool,
+    quick: impl FnMut(&mut T, u64, &[u8]) -> Option<(usize, bool)>,
+    f: impl FnMut(&mut T, u64, Option<&[u8]>) -> bool,
 ) -> io::Result<ChunkEnd> {
     let size = size.max(1);
     let Some(start) = k.checked_mul(size as u64) else {
@@ -407,25 +419,114 @@ pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
     let base = start.saturating_sub(LEAD as u64);
     let lead = (start - base) as usize;
     let end = lead + size;
-    win.reset(base);
-    win.fill(src, end + SLACK)?;
+    match src.whole() {
+        Some(all) => {
+            let from = usize::try_from(base).map_or(all.len(), |b| b.min(all.len()));
+            let mut held = Whole(&all[from..]);
+            lines_held(&mut held, k, lead, end, state, quick, f)
+        }
+        None => {
+            win.reset(base);
+            win.fill(src, end + SLACK)?;
+            let mut held = Reading { win, src };
+            lines_held(&mut held, k, lead, end, state, quick, f)
+        }
+    }
+}
+
+/// Where a chunk's bytes are while its lines are read: read into a
+/// [`Window`], or the source's own (a mapped file).
+trait Held {
+    /// The bytes held, from the chunk's base on.
+    fn held(&self) -> &[u8];
+    /// Whether the source ends where what is held does.
+    fn ended(&self) -> bool;
+    /// Holds on until `want` bytes are held or the source ends.
+    fn fill(&mut self, want: usize) -> io::Result<()>;
+    /// The first newline in `held()[from..upto]`, holding on as needed.
+    fn find_newline(&mut self, from: usize, upto: usize) -> io::Result<Option<usize>>;
+}
+
+/// A chunk read into a window.
+struct Reading<'a, S: ?Sized> {
+    win: &'a mut Window,
+    src: &'a S,
+}
+
+impl<S: PositionalRead + ?Sized> Held for Reading<'_, S> {
+    fn held(&self) -> &[u8] {
+        &self.win.buf[..self.win.filled.min(self.win.buf.len())]
+    }
+
+    fn ended(&self) -> bool {
+        self.win.eof
+    }
+
+    fn fill(&mut self, want: usize) -> io::Result<()> {
+        self.win.fill(self.src, want)
+    }
+
+    fn find_newline(&mut self, from: usize, upto: usize) -> io::Result<Option<usize>> {
+        self.win.find_newline(self.src, from, upto)
+    }
+}
+
+/// A chunk of a source whose bytes are all there: the rest of it from the
+/// chunk's base.
+struct Whole<'a>(&'a [u8]);
+
+impl Held for Whole<'_> {
+    fn held(&self) -> &[u8] {
+        self.0
+    }
+
+    fn ended(&self) -> bool {
+        true
+    }
+
+    fn fill(&mut self, _want: usize) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn find_newline(&mut self, from: usize, upto: usize) -> io::Result<Option<usize>> {
+        let upto = upto.min(self.0.len());
+        Ok(self
+            .0
+            .get(from..upto)
+            .and_then(|b| memchr(b'\n', b))
+            .map(|i| from + i))
+    }
+}
+
+/// [`chunk_lines_with`] over the bytes of chunk `k` held in `h`, from
+/// `lead` (where the chunk starts) to `end`.
+#[inline(always)]
+fn lines_held<T: ?Sized>(
+    h: &mut impl Held,
+    k: u64,
+    lead: usize,
+    end: usize,
+    state: &mut T,
+    mut quick: impl FnMut(&mut T, u64, &[u8]) -> Option<(usize, bool)>,
+    mut f: impl FnMut(&mut T, u64, Option<&[u8]>) -> bool,
+) -> io::Result<ChunkEnd> {
     let mut p = if k == 0 {
         0
     } else {
-        win.find_newline(src, lead - 1, end - 1)?
-            .map_or(end, |i| i + 1)
+        h.find_newline(lead - 1, end - 1)?.map_or(end, |i| i + 1)
     };
     let mut n = 0;
-    // Lines whose newline was read with the chunk: taken by `quick` as it
+    // Lines whose newline is held with the chunk: taken by `quick` as it
     // reads them, or else found by searching for their newline; the rest
-    // (a line running past what was read, or too long) the careful way
+    // (a line running past what is held, or too long) the careful way
     // below.
-    let held = win.filled.min(win.buf.len());
+    let bytes = h.held();
+    let held = bytes.len();
     let mut stopped = false;
     while p < end && p < held {
-        let rest = &win.buf[p..held];
+        let rest = &bytes[p..held];
         // A line longer than MAX_LINE is the careful path's: its newline
-        // is not in what `quick` sees.
+        // is not in what `quick` sees, nor searched for past it.
         let seen = &rest[..rest.len().min(MAX_LINE + 1)];
         if let Some((len, go_on)) = quick(state, n + 1, seen) {
             // `quick` only takes a line whose newline it saw; checked
@@ -441,12 +542,9 @@ pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
                 continue;
             }
         }
-        let Some(q) = memchr::memchr(b'\n', rest) else {
+        let Some(q) = memchr::memchr(b'\n', seen) else {
             break;
         };
-        if q > MAX_LINE {
-            break;
-        }
         n += 1;
         if !f(state, n, Some(trim_eol(&rest[..q]))) {
             stopped = true;
@@ -457,20 +555,21 @@ pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
     while p < end && !stopped {
         // A line's newline must lie within MAX_LINE bytes.
         let limit = p + MAX_LINE + 1;
-        if let Some(q) = win.find_newline(src, p, limit)? {
+        if let Some(q) = h.find_newline(p, limit)? {
             n += 1;
-            if !f(state, n, Some(trim_eol(&win.buf[p..q]))) {
+            if !f(state, n, Some(trim_eol(&h.held()[p..q]))) {
                 break;
             }
             p = q + 1;
             continue;
         }
-        if win.filled < limit {
+        let filled = h.held().len();
+        if filled < limit {
             // The source ends in this line, which has no newline (or is
             // empty: then it is no line).
-            if p < win.filled {
+            if p < filled {
                 n += 1;
-                f(state, n, Some(trim_eol(&win.buf[p..win.filled])));
+                f(state, n, Some(trim_eol(&h.held()[p..filled])));
             }
             break;
         }
@@ -480,18 +579,18 @@ pub(crate) fn chunk_lines_with<S: PositionalRead + ?Sized, T: ?Sized>(
         }
         // The rest of the line is skipped, up to a newline that a line of
         // this chunk would follow.
-        match win.find_newline(src, limit, end - 1)? {
+        match h.find_newline(limit, end - 1)? {
             Some(q) => p = q + 1,
             None => break,
         }
     }
     // Whether the source goes on past the chunk.
-    if win.filled <= end && !win.eof {
-        win.fill(src, end + 1)?;
+    if h.held().len() <= end && !h.ended() {
+        h.fill(end + 1)?;
     }
     Ok(ChunkEnd {
         lines: n,
-        last: win.filled <= end,
+        last: h.held().len() <= end,
     })
 }
 
@@ -606,9 +705,35 @@ mod tests {
         lines
     }
 
+    /// A source whose bytes are all in memory, as a mapped file's are.
+    struct AllThere<'a>(&'a [u8]);
+
+    impl PositionalRead for AllThere<'_> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.0.read_at(buf, offset)
+        }
+
+        fn whole(&self) -> Option<&[u8]> {
+            Some(self.0)
+        }
+    }
+
     /// Lines as chunk after chunk yields them, checking their numbers and
-    /// that no chunk past the last has any.
+    /// that no chunk past the last has any: read into a window, and read
+    /// where they are (as from a mapped file), which must agree.
     fn chunked_lines(data: &[u8], size: usize) -> Vec<Option<Vec<u8>>> {
+        let read = chunked_lines_of(data, data.len(), size);
+        let there = chunked_lines_of(&AllThere(data), data.len(), size);
+        assert_eq!(read, there, "size {size}");
+        read
+    }
+
+    /// [`chunked_lines`] of `data`, `len` bytes long.
+    fn chunked_lines_of<S: PositionalRead + ?Sized>(
+        data: &S,
+        len: usize,
+        size: usize,
+    ) -> Vec<Option<Vec<u8>>> {
         let mut win = Window::default();
         let mut lines = Vec::new();
         for k in 0.. {
@@ -622,7 +747,7 @@ mod tests {
             assert_eq!(end.lines, lines.len() as u64 - before);
             assert!(win.buf.len() <= size + MAX_LINE + 2 * SLACK);
             if end.last {
-                assert!(k.saturating_mul(size as u64) <= data.len() as u64);
+                assert!(k.saturating_mul(size as u64) <= len as u64);
                 for later in k + 1..k + 3 {
                     let e = chunk_lines(data, later, size, &mut win, |_, _| panic!()).unwrap();
                     assert!(e.last && e.lines == 0);

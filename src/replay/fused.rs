@@ -147,7 +147,7 @@ where
         };
         let index = slot.get_or_init(|| index);
         gate.open(true);
-        let joined = join(index, &chunk_rx, shared);
+        let joined = join(src, index, &chunk_rx, shared);
         // Workers past the last chunk stop at their next chunk or send.
         stop.store(true, Ordering::Relaxed);
         window.close();
@@ -356,7 +356,8 @@ struct Joined {
 
 /// Takes in the chunks in order; `None` if the trace needs the
 /// sequential replay.
-fn join(
+fn join<S: PositionalRead + ?Sized>(
+    src: &S,
     index: &MapIndex,
     chunks: &mpsc::Receiver<(u64, PairedChunk)>,
     shared: &Shared<'_>,
@@ -390,6 +391,14 @@ fn join(
         if !joiner.join(&mut c, &mut events) {
             return None;
         }
+        // Every chunk before this one is paired: their bytes are not read
+        // again (this one's first line may still be read from the one
+        // before, which stays until the next).
+        let size = shared.chunk as u64;
+        src.done_with(
+            k.saturating_sub(1).saturating_mul(size),
+            k.saturating_mul(size),
+        );
         let mut ranks = Vec::new();
         for (rank, item) in events.drain(..) {
             match item.ok()? {
@@ -543,10 +552,29 @@ mod tests {
         (out, format!("{:?}", outcome.warnings))
     }
 
-    /// The same, counted in parallel; `None` if it needs the sequential
-    /// replay.
+    /// The same, counted in parallel, from `data` in memory and from a file
+    /// of it mapped as `bmap replay` maps a trace, which must agree; `None`
+    /// if it needs the sequential replay.
     fn parallel(
         data: &[u8],
+        opts: &ReplayOptions<'_>,
+        workers: usize,
+        chunk: usize,
+    ) -> Option<(Vec<u8>, String)> {
+        let read = parallel_from(data, opts, workers, chunk);
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, data).unwrap();
+        if let Some(mapped) = crate::trace::mapped::Mapped::new(&file) {
+            assert!(mapped.whole().is_some());
+            assert_eq!(read, parallel_from(&mapped, opts, workers, chunk));
+        } else {
+            assert!(data.is_empty());
+        }
+        read
+    }
+
+    fn parallel_from<S: PositionalRead + ?Sized>(
+        data: &S,
         opts: &ReplayOptions<'_>,
         workers: usize,
         chunk: usize,
