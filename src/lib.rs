@@ -7,7 +7,9 @@
 //! `schema/`). [`query`] reads maps back for `info`, `lookup` and `export`;
 //! [`trace`] parses block I/O traces and [`replay`] joins them with a map;
 //! [`serve`] exports an image over NBD and attributes requests live.
-// Denied rather than forbidden: `prefetch` allows its one instruction.
+// Denied rather than forbidden: `prefetch` allows its one instruction, and
+// `trace::mapped` its mapping of a trace and the SIGBUS handler that keeps a
+// trace cut short while mapped from killing the process.
 #![deny(unsafe_code)]
 
 pub mod error;
