@@ -41,11 +41,15 @@ pub fn workers() -> usize {
 const AHEAD: usize = 8;
 
 /// Chunks a worker may pair while the map's layout loads, before it waits
-/// for it: some 3 MB of events. The layout of a map of 200,000 files
-/// mostly loads in the time a worker pairs 4 to 8 chunks, sometimes in
-/// several times that (fresh memory is slow in a virtual machine); 8
-/// measured 0.97x the time of 16 (51 pairs), 4 the same as 8.
-const EARLY: usize = 8;
+/// for it: some 6 MB of events. The layout of a map of 200,000 files
+/// mostly loads in the time a worker pairs 8 chunks, but in a virtual
+/// machine whose fresh memory is slow at times, in several times that,
+/// and then both workers stood waiting (6-40 ms in half the runs, measured
+/// from scheduler switches). 16 against 8 measured 0.92x and 0.93x the
+/// wall time at such times, 1.00x at others (21 pairs each); 32 the same
+/// as 16. The trace is mapped, so its chunks cost no buffers, only their
+/// events.
+const EARLY: usize = 16;
 
 /// The order key of local event `r` of chunk `k`: increasing with `(k,
 /// r)`, never 0 (a tally's "not touched").
