@@ -41,7 +41,7 @@ pub fn workers() -> usize {
 const AHEAD: usize = 8;
 
 /// Chunks a worker may pair while the map's layout loads, before it waits
-/// for it: some 6 MB of events. The layout of a map of 200,000 files
+/// for it: some 2.5 MB of events. The layout of a map of 200,000 files
 /// mostly loads in the time a worker pairs 8 chunks, but in a virtual
 /// machine whose fresh memory is slow at times, in several times that,
 /// and then both workers stood waiting (6-40 ms in half the runs, measured
