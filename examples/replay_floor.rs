@@ -122,12 +122,13 @@ fn count(file: &dyn PositionalRead, workers: usize, map: &str) -> ExitCode {
 /// read one at a time into one buffer.
 fn count_lines(file: &dyn PositionalRead, w: usize, stride: usize) -> (u64, u64) {
     if let Some(all) = file.whole() {
-        let lines = all
-            .chunks(CHUNK)
-            .skip(w)
-            .step_by(stride)
-            .map(|c| memchr::memchr_iter(b'\n', c).count() as u64)
-            .sum();
+        let mut lines = 0;
+        for (k, c) in all.chunks(CHUNK).enumerate().skip(w).step_by(stride) {
+            lines += memchr::memchr_iter(b'\n', c).count() as u64;
+            // As the replay lets go of the pages behind it.
+            let at = (k * CHUNK) as u64;
+            file.done_with(at, at + CHUNK as u64);
+        }
         return (lines, 0);
     }
     let mut buf = vec![0u8; CHUNK];
@@ -150,10 +151,16 @@ fn pair(file: &dyn PositionalRead, w: usize, stride: usize) -> (u64, u64) {
     let mut pairer = ChunkPairer::default();
     let mut chunk = PairedChunk::default();
     let (mut local, mut chunks, mut k) = (0u64, 0u64, w as u64);
+    let mut released = 0;
     loop {
         if pairer.pair(file, k, CHUNK, &mut chunk).is_err() {
             return (local, chunks);
         }
+        // As the replay lets go of the pages behind it (there, once the
+        // joiner is past them): everything before the chunk before this.
+        let behind = k.saturating_sub(1) * CHUNK as u64;
+        file.done_with(released, behind);
+        released = released.max(behind);
         local += chunk.local.len() as u64;
         chunks += 1;
         if chunk.last || chunk.odd {
