@@ -316,6 +316,7 @@ impl MapIndex {
     }
 
     /// [`MapIndex::split`], given `first_ending_after(offset)` if known.
+    #[inline(always)]
     pub(crate) fn split_from(
         &self,
         first: Option<usize>,
@@ -1305,7 +1306,7 @@ impl Tally {
     /// Counts piece `p` of request `seq`; `last_object` is the object of
     /// the request's piece before (`None` for its first). Returns how many
     /// of the piece's bytes were read for the first time.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn piece(
         &mut self,
         seq: u64,
