@@ -325,37 +325,51 @@ impl MapIndex {
         mut f: impl FnMut(Piece),
     ) {
         let end = offset.saturating_add(length);
+        let past = offset.max(self.image_size);
         let mut pos = offset;
-        if pos < end && pos < self.image_size {
-            let mut i = first.unwrap_or_else(|| self.first_ending_after(pos));
-            // Segments tile the image; a gap (hand-edited map) is skipped.
-            while let Some(seg) = self.segments.get(i) {
-                if pos >= end || pos >= self.image_size {
-                    break;
-                }
+        let mut in_image = pos < end && pos < self.image_size;
+        let mut i = if in_image {
+            first.unwrap_or_else(|| self.first_ending_after(pos))
+        } else {
+            0
+        };
+        let mut past_told = false;
+        // One call of `f`, so that it can be inlined here.
+        loop {
+            let piece = if in_image && pos < end && pos < self.image_size {
+                // Segments tile the image; a gap (hand-edited map) is skipped.
+                let Some(seg) = self.segments.get(i) else {
+                    in_image = false;
+                    continue;
+                };
                 if seg.start > pos {
                     pos = seg.start.min(end);
                     continue;
                 }
                 let piece_end = seg.end.min(end);
-                f(Piece {
+                let piece = Piece {
                     object: Some(seg.owner),
                     kind: seg.kind,
                     disk_offset: pos,
                     length: piece_end - pos,
-                });
+                };
                 pos = piece_end;
                 i += 1;
-            }
-        }
-        let past = offset.max(self.image_size);
-        if end > past {
-            f(Piece {
-                object: None,
-                kind: None,
-                disk_offset: past,
-                length: end - past,
-            });
+                piece
+            } else {
+                // Bytes past the image's end, if any, are one last piece.
+                if past_told || end <= past {
+                    break;
+                }
+                past_told = true;
+                Piece {
+                    object: None,
+                    kind: None,
+                    disk_offset: past,
+                    length: end - past,
+                }
+            };
+            f(piece);
         }
     }
 }
