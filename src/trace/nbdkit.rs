@@ -311,6 +311,7 @@ impl InFlight {
         }
     }
 
+    #[inline(always)]
     fn waiting(&mut self, connection: Option<u64>) -> &mut Waiting {
         match connection {
             Some(c) if c < SMALL_CONNECTIONS => {
