@@ -154,7 +154,7 @@ impl PairedChunk {
 
     /// Notes request line `id` on `connection`; false if the chunk's ids
     /// are too scattered to keep ([`MAX_RUNS`] runs on one connection).
-    #[inline]
+    #[inline(always)]
     fn saw_request(&mut self, connection: Option<u64>, id: u64) -> bool {
         let numbered = Self::numbered_at(connection);
         let at = match numbered.map(|c| self.numbered[c]) {
