@@ -202,28 +202,12 @@ impl Waiting {
     }
 
     /// Keeps request `id` unless a request with that id is pending: then
-    /// false, and nothing changes. One look at the ring's slot for most
-    /// requests, where [`Waiting::get_mut`] then [`Waiting::insert`] take
-    /// two.
+    /// false, and nothing changes.
     fn insert_new(&mut self, id: u64, p: Pending) -> bool {
-        if self.ring.is_empty() && self.ringed {
-            self.ring.resize(RING, None);
+        if self.get_mut(id).is_some() {
+            return false;
         }
-        let in_spill = |spill: &Table<u64, Pending>| !spill.is_empty() && spill.contains_key(&id);
-        match self.ring.get_mut(Self::slot(id)) {
-            Some(Some((held, _))) if *held == id => return false,
-            // An id is in the ring or the spill, never both: a free slot
-            // may still have the id in the spill, put there while the slot
-            // was taken.
-            Some(slot @ None) if !in_spill(&self.spill) => *slot = Some((id, p)),
-            _ => {
-                if in_spill(&self.spill) {
-                    return false;
-                }
-                self.spill.insert(id, p);
-            }
-        }
-        self.len += 1;
+        self.insert(id, p);
         true
     }
 
