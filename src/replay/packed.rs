@@ -187,15 +187,26 @@ impl Records for &[u8] {
     }
 
     fn each(mut self, mut record: impl FnMut(&mut &[u8]) -> Option<()>) -> Option<()> {
-        while !self.is_empty() {
-            let before = self.len();
-            record(&mut self)?;
-            if self.len() == before {
-                return None;
-            }
-        }
-        Some(())
+        records_in(&mut self, 0, &mut record)
     }
+}
+
+/// Takes records off the front of `rest` while more than `keep` bytes are
+/// left; `None` if one is out of place or takes no byte (a loop would
+/// never end).
+fn records_in(
+    rest: &mut &[u8],
+    keep: usize,
+    record: &mut impl FnMut(&mut &[u8]) -> Option<()>,
+) -> Option<()> {
+    while rest.len() > keep {
+        let before = rest.len();
+        record(rest)?;
+        if rest.len() == before {
+            return None;
+        }
+    }
+    Some(())
 }
 
 /// A blob column of the packed row, read through SQLite's incremental
@@ -217,17 +228,26 @@ impl BlobRecords<'_> {
         column: &str,
         rowid: i64,
     ) -> Option<BlobRecords<'conn>> {
-        let blob = conn
-            .blob_open(
-                rusqlite::DatabaseName::Main,
-                "packed_map",
-                column,
-                rowid,
-                true,
-            )
-            .ok()?;
-        Some(BlobRecords { blob })
+        Some(BlobRecords {
+            blob: open_blob(conn, column, rowid)?,
+        })
     }
+}
+
+/// Blob `column` of `packed_map`'s row `rowid`, opened to be read.
+fn open_blob<'conn>(
+    conn: &'conn Connection,
+    column: &str,
+    rowid: i64,
+) -> Option<rusqlite::blob::Blob<'conn>> {
+    conn.blob_open(
+        rusqlite::DatabaseName::Main,
+        "packed_map",
+        column,
+        rowid,
+        true,
+    )
+    .ok()
 }
 
 impl Records for BlobRecords<'_> {
@@ -252,17 +272,11 @@ impl Records for BlobRecords<'_> {
             let mut rest = &buf[..held];
             // Short of the blob's end, a record is decoded only when the
             // whole of it is surely in the buffer.
-            while if last {
-                !rest.is_empty()
-            } else {
-                rest.len() >= MAX_RECORD
-            } {
-                let before = rest.len();
-                record(&mut rest)?;
-                if rest.len() == before {
-                    return None;
-                }
-            }
+            records_in(
+                &mut rest,
+                if last { 0 } else { MAX_RECORD - 1 },
+                &mut record,
+            )?;
             if last {
                 return Some(());
             }
@@ -492,15 +506,7 @@ fn packed_row(conn: &Connection) -> Option<(String, i64)> {
 /// arena: as a column, SQLite would first copy them into a buffer of its
 /// own (fresh memory, zeroed page by page) for us to copy again.
 fn read_strings(conn: &Connection, rowid: i64) -> Option<Vec<u8>> {
-    let blob = conn
-        .blob_open(
-            rusqlite::DatabaseName::Main,
-            "packed_map",
-            "strings",
-            rowid,
-            true,
-        )
-        .ok()?;
+    let blob = open_blob(conn, "strings", rowid)?;
     // Zeroed, a large buffer is fresh pages: nothing is written twice.
     let mut buf = vec![0; blob.len()];
     blob.read_at_exact(&mut buf, 0).ok()?;
