@@ -101,8 +101,10 @@ impl Mapped {
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        STARTS[self.slot].store(0, Ordering::Release);
+        // The end first, as `new` sets it last: a slot being cleared or
+        // set never holds a range the mapping does not.
         ENDS[self.slot].store(0, Ordering::Release);
+        STARTS[self.slot].store(0, Ordering::Release);
         // SAFETY: the mapping made in `new`, not used past this point.
         let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
         TAKEN.fetch_and(!(1 << self.slot), Ordering::AcqRel);
