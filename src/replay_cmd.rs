@@ -106,10 +106,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         index
                     })
                 })?;
-            if mapped.as_ref().is_some_and(|m| m.cut()) {
+            if let Some(m) = mapped.as_ref().filter(|m| m.cut()) {
+                let now = file.metadata().map_or(0, |meta| meta.len());
                 bail!(
-                    "{}: the trace shrank while it was read",
-                    args.trace.display()
+                    "{}: the trace shrank while it was read (from {} bytes to {now})",
+                    args.trace.display(),
+                    m.bytes().len()
                 );
             }
             drop(mapped);
