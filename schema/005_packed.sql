@@ -9,7 +9,7 @@
 -- it when a table it copies changes, and readers then read the tables
 -- themselves, so editing a map with SQL stays safe.
 CREATE TABLE packed_map (
-    format   INTEGER NOT NULL,  -- 1
+    format   INTEGER NOT NULL,  -- 2 (see src/replay/packed.rs)
     kinds    TEXT NOT NULL,     -- kind names the object rows index, comma-separated
     segments BLOB NOT NULL,     -- layout_segments
     objects  BLOB NOT NULL,     -- objects: kind, partition, size, name, device, path

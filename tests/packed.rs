@@ -242,7 +242,11 @@ fn a_damaged_or_missing_packed_copy_only_costs_time() {
     let trace = sweep_trace(dir.path(), size);
     let want = replay_all(&map, &trace);
     let damages = [
-        "UPDATE packed_map SET format = 2",
+        // An older bmap's format, and a newer one's.
+        "UPDATE packed_map SET format = 1",
+        "UPDATE packed_map SET format = 3",
+        "UPDATE packed_map SET objects = substr(objects, 1, length(objects) - 1)",
+        "UPDATE packed_map SET segments = substr(segments, 1, length(segments) - 1)",
         "UPDATE packed_map SET objects = substr(objects, 1, length(objects) / 2)",
         "UPDATE packed_map SET objects = randomblob(length(objects))",
         "UPDATE packed_map SET segments = randomblob(length(segments))",

@@ -9,19 +9,26 @@
 //! that does not decode reads the tables instead; the tables stay the
 //! truth.
 //!
-//! Format 1 (integers are unsigned LEB128):
+//! Format 2 (integers little-endian, of fixed width: a record is a few
+//! loads, where format 1's LEB128 took a loop per integer and the map of
+//! the replay benchmark's 200,000 files spent ~120 M instructions
+//! decoding, a tenth of the whole summary's):
 //! - `kinds`: the kind names, comma-separated; an object's kind is a byte
 //!   indexing this list, so the blob does not depend on the order of
 //!   [`Kind::ALL`].
-//! - `segments`, per segment in disk order: the gap from the previous
-//!   segment's end (from 0 for the first), the length (not 0), the owner.
-//! - `objects`, per object from id 1 in id order: kind byte, flags byte
-//!   (`PARTITION`, `SIZE`, `DEVICE`, `PATH`, `DEVICE_IN_NAME`,
-//!   `PATH_IN_NAME`), the partition and size if flagged, the name's
-//!   length, then the device and the path if flagged: a length, which
-//!   for `…_IN_NAME` is that of the name's prefix (device) or suffix
-//!   (path) they equal, so that the usual `/dev/sda2 /etc/fstab` stores
-//!   its text once.
+//! - `segments`, per segment in disk order, [`SEGMENT`] bytes: its start
+//!   and end (u64, end past start, start not before the previous end) and
+//!   its owner (u32).
+//! - `objects`, for N objects, ids 1 to N: first the N kind bytes, so that
+//!   attributing, which needs only the kinds, reads them alone; then N
+//!   records of [`OBJECT`] bytes: a flags byte (`PARTITION`, `SIZE`,
+//!   `DEVICE`, `PATH`, `DEVICE_IN_NAME`, `PATH_IN_NAME`), the partition
+//!   (u32) and the size (u64), 0 where the flag is not set, and the
+//!   lengths (u32) of the name, the device and the path (0 where not
+//!   set). The device's length, with `DEVICE_IN_NAME`, is that of the
+//!   name's prefix it equals, the path's, with `PATH_IN_NAME`, that of the
+//!   name's suffix, so that the usual `/dev/sda2 /etc/fstab` stores its
+//!   text once.
 //! - `strings`: the UTF-8 text of every name, device and path not in a
 //!   name, in the order `objects` reads them.
 
@@ -30,8 +37,9 @@ use rusqlite::Connection;
 use super::objects::{ObjectTable, Row, Span};
 use crate::map::Kind;
 
-/// The format this bmap writes and reads.
-pub const FORMAT: i64 = 1;
+/// The format this bmap writes and reads. A map of another (an older
+/// bmap's) is read from its tables until `bmap index` writes it again.
+pub const FORMAT: i64 = 2;
 
 const PARTITION: u8 = 1;
 const SIZE: u8 = 2;
@@ -39,6 +47,12 @@ const DEVICE: u8 = 4;
 const PATH: u8 = 8;
 const DEVICE_IN_NAME: u8 = 16;
 const PATH_IN_NAME: u8 = 32;
+
+/// Bytes of a segment's record.
+pub const SEGMENT: usize = 20;
+
+/// Bytes of an object's record, after the kind bytes.
+pub const OBJECT: usize = 25;
 
 /// One object as [`encode`] takes it: what replay reads back.
 pub use super::objects::ObjectInfo as Object;
@@ -52,49 +66,9 @@ pub struct Packed {
     pub strings: Vec<u8>,
 }
 
-fn put(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-/// Reads one LEB128 integer; `None` past the end or beyond 64 bits.
-#[inline]
-fn take(buf: &mut &[u8]) -> Option<u64> {
-    // Most integers here (owners' deltas, lengths, kinds) fit in one byte.
-    if let Some((&b, rest)) = buf.split_first() {
-        if b < 0x80 {
-            *buf = rest;
-            return Some(u64::from(b));
-        }
-    }
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&b, rest) = buf.split_first()?;
-        *buf = rest;
-        let bits = u64::from(b & 0x7f);
-        if shift == 63 && bits > 1 {
-            return None;
-        }
-        v |= bits << shift;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn take_byte(buf: &mut &[u8]) -> Option<u8> {
-    let (&b, rest) = buf.split_first()?;
-    *buf = rest;
-    Some(b)
-}
-
 /// Packs a layout (segments as `(start, end, owner)`, sorted, disjoint,
 /// none empty) and the objects from id 1 on; `None` if the layout is not
-/// like that.
+/// like that, or a name is longer than a record can say (4 GiB).
 pub fn encode<'a>(
     segments: impl IntoIterator<Item = (u64, u64, u32)>,
     objects: impl IntoIterator<Item = Object<'a>>,
@@ -108,11 +82,12 @@ pub fn encode<'a>(
         if start < prev_end || end <= start {
             return None;
         }
-        put(&mut p.segments, start - prev_end);
-        put(&mut p.segments, end - start);
-        put(&mut p.segments, u64::from(owner));
+        p.segments.extend_from_slice(&start.to_le_bytes());
+        p.segments.extend_from_slice(&end.to_le_bytes());
+        p.segments.extend_from_slice(&owner.to_le_bytes());
         prev_end = end;
     }
+    let mut records = Vec::new();
     for o in objects {
         let kind = Kind::ALL.iter().position(|&k| k == o.kind)?;
         let mut flags = 0;
@@ -130,25 +105,22 @@ pub fn encode<'a>(
                 flags |= flag;
             }
         }
-        p.objects.push(kind as u8);
-        p.objects.push(flags);
-        if let Some(n) = o.partition {
-            put(&mut p.objects, u64::from(n));
+        let length = |t: Option<&str>| u32::try_from(t.map_or(0, str::len)).ok();
+        p.objects.push(u8::try_from(kind).ok()?);
+        records.push(flags);
+        records.extend_from_slice(&o.partition.unwrap_or(0).to_le_bytes());
+        records.extend_from_slice(&o.size.unwrap_or(0).to_le_bytes());
+        for text in [Some(o.name), o.device, o.path] {
+            records.extend_from_slice(&length(text)?.to_le_bytes());
         }
-        if let Some(s) = o.size {
-            put(&mut p.objects, s);
-        }
-        put(&mut p.objects, o.name.len() as u64);
         p.strings.extend_from_slice(o.name.as_bytes());
         for (text, inside) in [(o.device, device_in_name), (o.path, path_in_name)] {
-            if let Some(t) = text {
-                put(&mut p.objects, t.len() as u64);
-                if !inside {
-                    p.strings.extend_from_slice(t.as_bytes());
-                }
+            if let (Some(t), false) = (text, inside) {
+                p.strings.extend_from_slice(t.as_bytes());
             }
         }
     }
+    p.objects.extend_from_slice(&records);
     Some(p)
 }
 
@@ -165,81 +137,85 @@ pub fn decode(
     decode_objects(kinds, objects, strings)
 }
 
-/// A record of the `segments` or `objects` blob is at most this long: two
-/// bytes and five integers of at most ten bytes.
-const MAX_RECORD: usize = 64;
-
-/// Bytes that a decoder reads a record at a time: a blob in memory, or
-/// one of the map's read a piece at a time ([`BlobRecords`]).
-trait Records {
+/// A blob to decode: in memory, or one of the map's, read through
+/// SQLite's incremental blob I/O.
+trait Source {
     /// How many bytes there are.
     fn len(&self) -> usize;
-
-    /// Calls `record` until every byte is taken: each call takes one
-    /// record (at most [`MAX_RECORD`] bytes) off the front of what it is
-    /// given, or says that the bytes are out of place.
-    fn each(self, record: impl FnMut(&mut &[u8]) -> Option<()>) -> Option<()>;
+    /// Fills `buf` from byte `at` on; `None` past the end or on an error.
+    fn read_at(&self, buf: &mut [u8], at: usize) -> Option<()>;
 }
 
-impl Records for &[u8] {
+impl Source for [u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
     }
 
-    fn each(mut self, mut record: impl FnMut(&mut &[u8]) -> Option<()>) -> Option<()> {
-        records_in(&mut self, 0, &mut record)
+    fn read_at(&self, buf: &mut [u8], at: usize) -> Option<()> {
+        let end = at.checked_add(buf.len())?;
+        buf.copy_from_slice(self.get(at..end)?);
+        Some(())
     }
 }
 
-/// Takes records off the front of `rest` while more than `keep` bytes are
-/// left; `None` if one is out of place or takes no byte (a loop would
-/// never end).
-fn records_in(
-    rest: &mut &[u8],
-    keep: usize,
-    record: &mut impl FnMut(&mut &[u8]) -> Option<()>,
-) -> Option<()> {
-    while rest.len() > keep {
-        let before = rest.len();
-        record(rest)?;
-        if rest.len() == before {
-            return None;
-        }
+impl<T: Source + ?Sized> Source for &T {
+    fn len(&self) -> usize {
+        (**self).len()
     }
-    Some(())
+
+    fn read_at(&self, buf: &mut [u8], at: usize) -> Option<()> {
+        (**self).read_at(buf, at)
+    }
 }
 
-/// A blob column of the packed row, read through SQLite's incremental
-/// blob I/O a piece at a time into one small buffer, and decoded from
-/// there. Read as a column, a blob is first copied whole into a buffer of
-/// SQLite's, megabytes of fresh pages that the kernel faults in and zeroes
-/// one by one, to be read once: the summary of the bench's 1M trace took
-/// 4,300 page faults that way, 3,500 this way.
-struct BlobRecords<'conn> {
-    blob: rusqlite::blob::Blob<'conn>,
+/// A blob column of the packed row. Read as a column, a blob is first
+/// copied whole into a buffer of SQLite's, megabytes of fresh pages that
+/// the kernel faults in and zeroes one by one, to be read once: the
+/// summary of the bench's 1M trace took 4,300 page faults that way, 3,500
+/// reading blobs a piece at a time.
+struct Blob<'conn>(rusqlite::blob::Blob<'conn>);
+
+impl Source for Blob<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: usize) -> Option<()> {
+        self.0.read_at_exact(buf, at).ok()
+    }
 }
 
 /// Bytes of a blob read at a time.
 const PIECE: usize = 64 << 10;
 
-impl BlobRecords<'_> {
-    fn open<'conn>(
-        conn: &'conn Connection,
-        column: &str,
-        rowid: i64,
-    ) -> Option<BlobRecords<'conn>> {
-        Some(BlobRecords {
-            blob: open_blob(conn, column, rowid)?,
-        })
+/// Calls `record` on each of the `count` records of `R` bytes that start
+/// at byte `from` of `src`, read a piece at a time into one small buffer;
+/// `None` if they are not there, or as soon as `record` says one is out
+/// of place.
+fn each_record<const R: usize>(
+    src: &impl Source,
+    from: usize,
+    count: usize,
+    mut record: impl FnMut(&[u8; R]) -> Option<()>,
+) -> Option<()> {
+    let per_piece = PIECE / R;
+    let mut buf = vec![0u8; per_piece * R];
+    let mut done = 0;
+    while done < count {
+        let n = per_piece.min(count - done);
+        let piece = &mut buf[..n * R];
+        src.read_at(piece, from.checked_add(done.checked_mul(R)?)?)?;
+        let (records, _) = piece.as_chunks::<R>();
+        for r in records {
+            record(r)?;
+        }
+        done += n;
     }
+    Some(())
 }
 
 /// Blob `column` of `packed_map`'s row `rowid`, opened to be read.
-fn open_blob<'conn>(
-    conn: &'conn Connection,
-    column: &str,
-    rowid: i64,
-) -> Option<rusqlite::blob::Blob<'conn>> {
+fn open_blob<'conn>(conn: &'conn Connection, column: &str, rowid: i64) -> Option<Blob<'conn>> {
     conn.blob_open(
         rusqlite::DatabaseName::Main,
         "packed_map",
@@ -248,54 +224,34 @@ fn open_blob<'conn>(
         true,
     )
     .ok()
+    .map(Blob)
 }
 
-impl Records for BlobRecords<'_> {
-    fn len(&self) -> usize {
-        self.blob.len()
-    }
+fn u32_at(r: &[u8], at: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&r[at..at + 4]);
+    u32::from_le_bytes(b)
+}
 
-    fn each(self, mut record: impl FnMut(&mut &[u8]) -> Option<()>) -> Option<()> {
-        let total = self.blob.len();
-        let mut buf = vec![0u8; PIECE];
-        // `buf[..held]` is read and not yet decoded; `read` bytes of the
-        // blob have been read.
-        let (mut held, mut read) = (0, 0);
-        loop {
-            let more = (PIECE - held).min(total - read);
-            self.blob
-                .read_at_exact(&mut buf[held..held + more], read)
-                .ok()?;
-            read += more;
-            held += more;
-            let last = read == total;
-            let mut rest = &buf[..held];
-            // Short of the blob's end, a record is decoded only when the
-            // whole of it is surely in the buffer.
-            records_in(
-                &mut rest,
-                if last { 0 } else { MAX_RECORD - 1 },
-                &mut record,
-            )?;
-            if last {
-                return Some(());
-            }
-            let left = rest.len();
-            buf.copy_within(held - left..held, 0);
-            held = left;
-        }
-    }
+fn u64_at(r: &[u8], at: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&r[at..at + 8]);
+    u64::from_le_bytes(b)
 }
 
 /// Unpacks the layout, calling `segment(start, end, owner)` in disk order;
 /// `None` if anything is out of place.
-fn decode_segments(segments: impl Records, mut segment: impl FnMut(u64, u64, u32)) -> Option<()> {
+fn decode_segments(segments: impl Source, mut segment: impl FnMut(u64, u64, u32)) -> Option<()> {
+    let len = segments.len();
+    if !len.is_multiple_of(SEGMENT) {
+        return None;
+    }
     let mut prev_end = 0u64;
-    segments.each(|segments| {
-        let start = prev_end.checked_add(take(segments)?)?;
-        let len = take(segments)?;
-        let end = start.checked_add(len).filter(|_| len > 0)?;
-        let owner = u32::try_from(take(segments)?).ok()?;
+    each_record::<SEGMENT>(&segments, 0, len / SEGMENT, |r| {
+        let (start, end, owner) = (u64_at(r, 0), u64_at(r, 8), u32_at(r, 16));
+        if start < prev_end || end <= start {
+            return None;
+        }
         segment(start, end, owner);
         prev_end = end;
         Some(())
@@ -310,50 +266,10 @@ fn kind_list(kinds: &str) -> Vec<Kind> {
         .collect()
 }
 
-/// One object of the `objects` blob, its text not yet found: the lengths
-/// of its name, device and path (see the module's notes).
-struct Record {
-    kind: Kind,
-    flags: u8,
-    partition: Option<u32>,
-    size: Option<u64>,
-    name: u64,
-    device: Option<u64>,
-    path: Option<u64>,
-}
-
-impl Record {
-    /// The next object of `objects`; `None` if it is cut short or out of
-    /// place.
-    fn take(objects: &mut &[u8], kinds: &[Kind]) -> Option<Record> {
-        let kind = *kinds.get(usize::from(take_byte(objects)?))?;
-        let flags = take_byte(objects)?;
-        let has = |f: u8| flags & f != 0;
-        let maybe = |objects: &mut &[u8], present: bool| -> Option<Option<u64>> {
-            if present {
-                take(objects).map(Some)
-            } else {
-                Some(None)
-            }
-        };
-        let partition = match maybe(objects, has(PARTITION))? {
-            Some(p) => Some(u32::try_from(p).ok()?),
-            None => None,
-        };
-        let size = maybe(objects, has(SIZE))?;
-        let name = take(objects)?;
-        let device = maybe(objects, has(DEVICE))?;
-        let path = maybe(objects, has(PATH))?;
-        Some(Record {
-            kind,
-            flags,
-            partition,
-            size,
-            name,
-            device,
-            path,
-        })
-    }
+/// How many objects an `objects` blob of `len` bytes holds; `None` if no
+/// whole number do.
+fn object_count(len: usize) -> Option<usize> {
+    len.is_multiple_of(1 + OBJECT).then_some(len / (1 + OBJECT))
 }
 
 /// Every object's kind, indexed by id (0 unused, as in the object table),
@@ -363,46 +279,49 @@ pub fn decode_kinds(kinds: &str, objects: &[u8]) -> Option<Vec<Kind>> {
     kinds_of(kinds, objects)
 }
 
-fn kinds_of(kinds: &str, objects: impl Records) -> Option<Vec<Kind>> {
+fn kinds_of(kinds: &str, objects: impl Source) -> Option<Vec<Kind>> {
     let list = kind_list(kinds);
-    // Every object takes at least three bytes.
-    let mut out = Vec::with_capacity(1 + objects.len() / 3);
+    let n = object_count(objects.len())?;
     // The object table's unused row 0 is a default one.
+    let mut bytes = vec![0u8; n + 1];
+    objects.read_at(&mut bytes[1..], 0)?;
+    let mut out = Vec::with_capacity(n + 1);
     out.push(Kind::default());
-    objects.each(|objects| {
-        out.push(Record::take(objects, &list)?.kind);
-        Some(())
-    })?;
+    for &b in &bytes[1..] {
+        out.push(*list.get(usize::from(b))?);
+    }
     Some(out)
 }
 
 /// The object table the `objects` blob and the `strings` arena spell;
 /// `None` if anything is out of place.
-fn decode_objects(kinds: &str, objects: impl Records, strings: Vec<u8>) -> Option<ObjectTable> {
-    let kinds = kind_list(kinds);
+fn decode_objects(kinds: &str, objects: impl Source, strings: Vec<u8>) -> Option<ObjectTable> {
+    let kinds = kinds_of(kinds, &objects)?;
+    let n = kinds.len() - 1;
     let strings = String::from_utf8(strings).ok()?;
-    // Every object takes at least three bytes.
-    let mut rows = Vec::with_capacity(1 + objects.len() / 3);
+    let mut rows = Vec::with_capacity(n + 1);
     rows.push(Row::default());
     let mut at = 0usize;
-    let mut next = |len: u64| -> Option<Span> {
+    let mut next = |len: u32| -> Option<Span> {
         let start = at;
-        at = at.checked_add(usize::try_from(len).ok()?)?;
+        at = at.checked_add(len as usize)?;
         (at <= strings.len()).then_some(Span::new(start, at)?)
     };
-    objects.each(|objects| {
-        let r = Record::take(objects, &kinds)?;
-        let name = next(r.name)?;
+    each_record::<OBJECT>(&objects, n, n, |r| {
+        let flags = r[0];
+        let has = |f: u8| flags & f != 0;
+        let kind = kinds[rows.len()];
+        let name = next(u32_at(r, 13))?;
         // The device is the name's prefix or text of its own, the path
         // its suffix or text of its own.
-        let mut inner = |len: Option<u64>, inside: bool, prefix: bool| -> Option<Option<Span>> {
-            let Some(len) = len else {
+        let mut inner = |len: u32, present: bool, inside: bool, prefix: bool| {
+            if !present {
                 return Some(None);
-            };
+            }
             if !inside {
                 return next(len).map(Some);
             }
-            let len = usize::try_from(len).ok()?;
+            let len = len as usize;
             if len > name.end() - name.start() {
                 return None;
             }
@@ -413,9 +332,16 @@ fn decode_objects(kinds: &str, objects: impl Records, strings: Vec<u8>) -> Optio
             };
             span.map(Some)
         };
-        let device = inner(r.device, r.flags & DEVICE_IN_NAME != 0, true)?;
-        let path = inner(r.path, r.flags & PATH_IN_NAME != 0, false)?;
-        rows.push(Row::new(r.kind, r.partition, r.size, name, device, path));
+        let device = inner(u32_at(r, 17), has(DEVICE), has(DEVICE_IN_NAME), true)?;
+        let path = inner(u32_at(r, 21), has(PATH), has(PATH_IN_NAME), false)?;
+        rows.push(Row::new(
+            kind,
+            has(PARTITION).then(|| u32_at(r, 1)),
+            has(SIZE).then(|| u64_at(r, 5)),
+            name,
+            device,
+            path,
+        ));
         Some(())
     })?;
     // The spans made above lie within the arena; in ASCII text (most
@@ -430,16 +356,16 @@ fn decode_objects(kinds: &str, objects: impl Records, strings: Vec<u8>) -> Optio
 
 /// Where [`load`] and [`load_layout`] put the layout.
 pub trait Segments {
-    /// Told first: how many segments there are at most (every one takes
-    /// three bytes or more), to make room for them at once.
-    fn reserve(&mut self, at_most: usize);
+    /// Told first: how many segments there are, to make room for them at
+    /// once.
+    fn reserve(&mut self, count: usize);
     /// Each segment, in disk order.
     fn push(&mut self, start: u64, end: u64, owner: u32);
 }
 
 /// Unpacks the layout into `out`.
-fn decode_into(layout: impl Records, out: &mut impl Segments) -> Option<()> {
-    out.reserve(layout.len() / 3);
+fn decode_into(layout: impl Source, out: &mut impl Segments) -> Option<()> {
+    out.reserve(layout.len() / SEGMENT);
     decode_segments(layout, |s, e, o| out.push(s, e, o))
 }
 
@@ -450,7 +376,7 @@ pub fn load(
     segments: &mut impl Segments,
 ) -> crate::error::Result<Option<ObjectTable>> {
     Ok(packed_row(conn).and_then(|(kinds, rowid)| {
-        decode_into(BlobRecords::open(conn, "segments", rowid)?, segments)?;
+        decode_into(open_blob(conn, "segments", rowid)?, segments)?;
         objects_of(conn, &kinds, rowid)
     }))
 }
@@ -463,8 +389,8 @@ pub fn load_layout(
     segments: &mut impl Segments,
 ) -> crate::error::Result<Option<Vec<Kind>>> {
     Ok(packed_row(conn).and_then(|(kinds, rowid)| {
-        let kinds = kinds_of(&kinds, BlobRecords::open(conn, "objects", rowid)?)?;
-        decode_into(BlobRecords::open(conn, "segments", rowid)?, segments)?;
+        let kinds = kinds_of(&kinds, open_blob(conn, "objects", rowid)?)?;
+        decode_into(open_blob(conn, "segments", rowid)?, segments)?;
         Some(kinds)
     }))
 }
@@ -478,7 +404,7 @@ pub fn load_objects(conn: &Connection) -> crate::error::Result<Option<ObjectTabl
 /// The object table of packed row `rowid`, whose kinds are `kinds`.
 fn objects_of(conn: &Connection, kinds: &str, rowid: i64) -> Option<ObjectTable> {
     let strings = read_strings(conn, rowid)?;
-    decode_objects(kinds, BlobRecords::open(conn, "objects", rowid)?, strings)
+    decode_objects(kinds, open_blob(conn, "objects", rowid)?, strings)
 }
 
 /// The map's packed row, if there is one of the format this bmap reads
@@ -509,7 +435,7 @@ fn read_strings(conn: &Connection, rowid: i64) -> Option<Vec<u8>> {
     let blob = open_blob(conn, "strings", rowid)?;
     // Zeroed, a large buffer is fresh pages: nothing is written twice.
     let mut buf = vec![0; blob.len()];
-    blob.read_at_exact(&mut buf, 0).ok()?;
+    blob.read_at(&mut buf, 0)?;
     Some(buf)
 }
 
@@ -608,9 +534,16 @@ mod tests {
             table.is_some()
         };
         assert!(ok(&p.kinds, &p.segments, &p.objects, &p.strings));
-        for cut in 0..p.objects.len() {
-            // Cut inside an object: refused; at an object's end: fewer objects.
-            let _ = ok(&p.kinds, &p.segments, &p.objects[..cut], &p.strings);
+        for cut in 1..p.objects.len() {
+            // Short of a whole number of objects, refused.
+            assert!(!ok(&p.kinds, &p.segments, &p.objects[..cut], &p.strings));
+        }
+        for cut in 1..p.segments.len() {
+            let whole = cut % SEGMENT == 0;
+            assert_eq!(
+                ok(&p.kinds, &p.segments[..cut], &p.objects, &p.strings),
+                whole
+            );
         }
         for cut in 0..p.strings.len() {
             assert!(!ok(&p.kinds, &p.segments, &p.objects, &p.strings[..cut]));
@@ -622,20 +555,76 @@ mod tests {
                 let _ = ok(&p.kinds, &p.segments, &o, &p.strings);
             }
         }
+        for i in 0..p.segments.len() {
+            for b in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut s = p.segments.clone();
+                s[i] = b;
+                let _ = ok(&p.kinds, &s, &p.objects, &p.strings);
+            }
+        }
+        // A kind the list does not have.
+        let mut o = p.objects.clone();
+        o[0] = p.kinds.split(',').count() as u8;
+        assert!(!ok(&p.kinds, &p.segments, &o, &p.strings));
+        // A name running past the arena.
+        let mut o = p.objects.clone();
+        let name_len = 3 + 13;
+        o[name_len..name_len + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!ok(&p.kinds, &p.segments, &o, &p.strings));
         // A snowman cut in half is not text.
         let mut t = p.strings.clone();
         let at = t.windows(3).position(|w| w == "☃".as_bytes()).unwrap();
         t[at + 1] = b' ';
         assert!(!ok(&p.kinds, &p.segments, &p.objects, &t));
-        // Overflowing integers.
-        assert!(!ok(&p.kinds, &[0xff; 11], &p.objects, &p.strings));
-        assert!(!ok(
+        // An empty segment, one ending before it starts, and one before
+        // the end of the one before.
+        let seg = |start: u64, end: u64| {
+            let mut v = start.to_le_bytes().to_vec();
+            v.extend_from_slice(&end.to_le_bytes());
+            v.extend_from_slice(&1u32.to_le_bytes());
+            v
+        };
+        assert!(ok(&p.kinds, &seg(0, 1), &p.objects, &p.strings));
+        assert!(!ok(&p.kinds, &seg(5, 5), &p.objects, &p.strings));
+        assert!(!ok(&p.kinds, &seg(6, 5), &p.objects, &p.strings));
+        let overlapping = [seg(0, 10), seg(9, 20)].concat();
+        assert!(!ok(&p.kinds, &overlapping, &p.objects, &p.strings));
+    }
+
+    #[test]
+    fn blobs_are_read_across_pieces() {
+        // More segments and objects than one piece holds.
+        let segs: Vec<(u64, u64, u32)> = (0..10_000u64).map(|i| (i * 10, i * 10 + 7, 1)).collect();
+        let names: Vec<String> = (0..10_000).map(|i| format!("/dev/sda /f{i}")).collect();
+        let objs: Vec<Object<'_>> = names
+            .iter()
+            .map(|n| Object {
+                kind: Kind::File,
+                name: n,
+                device: Some("/dev/sda"),
+                path: Some(&n[9..]),
+                partition: None,
+                size: Some(n.len() as u64),
+            })
+            .collect();
+        let p = encode(segs.clone(), objs).unwrap();
+        assert!(p.segments.len() > PIECE && p.objects.len() > PIECE);
+        let mut got = Vec::new();
+        let table = decode(
             &p.kinds,
-            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, 1, 1],
+            &p.segments,
             &p.objects,
-            &p.strings
-        ));
-        // An empty segment.
-        assert!(!ok(&p.kinds, &[0, 0, 1], &p.objects, &p.strings));
+            p.strings.clone(),
+            |s, e, o| got.push((s, e, o)),
+        )
+        .unwrap();
+        assert_eq!(got, segs);
+        for (i, n) in names.iter().enumerate() {
+            let o = table.get(i as u32 + 1).unwrap();
+            assert_eq!(
+                (o.name, o.path, o.size),
+                (n.as_str(), Some(&n[9..]), Some(n.len() as u64))
+            );
+        }
     }
 }
