@@ -14,7 +14,7 @@ pub mod packed;
 
 use rusqlite::Connection;
 
-use self::objects::{cached_kind_at, usable_id};
+use self::objects::{cached_kind_at, usable_id, LineText};
 pub use self::objects::{ObjectInfo, ObjectTable};
 use crate::error::Result;
 use crate::map::Kind;
@@ -937,6 +937,14 @@ mod tests {
                 bytes_written: 0,
             };
             let first = (r % 3 != 0).then_some(1.7e9);
+            let row = LineNumbers {
+                first_seq: row.first_seq,
+                first_time: row.first_time,
+                requests: row.requests,
+                bytes_read: row.bytes_read,
+                percent_read: row.percent_read,
+                reread_bytes: row.reread_bytes,
+            };
             let mut want = Vec::new();
             slow_head(&mut want, &row, first);
             let mut line: Head = [b' '; 64];
@@ -1764,6 +1772,39 @@ struct FileRow<'a> {
     bytes_written: u64,
 }
 
+/// The numbers of a summary line, as [`fast_head`] and [`slow_head`]
+/// write them.
+#[derive(Debug)]
+struct LineNumbers {
+    first_seq: u64,
+    first_time: Option<f64>,
+    requests: u64,
+    bytes_read: u64,
+    percent_read: Option<f64>,
+    reread_bytes: u64,
+}
+
+impl LineNumbers {
+    /// The numbers of an object of `size` bytes (if known).
+    fn of(st: &ObjectStats, size: Option<u64>) -> LineNumbers {
+        let unique = st.coverage.bytes();
+        LineNumbers {
+            first_seq: st.first_seq,
+            first_time: st.first_time(),
+            requests: st.requests,
+            bytes_read: st.bytes_read,
+            percent_read: percent_read(unique, size),
+            reread_bytes: st.bytes_read - unique,
+        }
+    }
+}
+
+/// The share of an object of `size` bytes that `unique` bytes read are.
+fn percent_read(unique: u64, size: Option<u64>) -> Option<f64> {
+    size.filter(|&s| s > 0)
+        .map(|s| (unique.min(s) as f64) * 100.0 / s as f64)
+}
+
 fn file_rows<'a>(
     index: &'a MapIndex,
     touched: &'a Touched,
@@ -1800,10 +1841,7 @@ fn file_row<'a>(index: &'a MapIndex, touched: &'a Touched, o: u32) -> Option<Fil
         requests: st.requests,
         bytes_read: st.bytes_read,
         unique_bytes_read: unique,
-        percent_read: info
-            .size
-            .filter(|&s| s > 0)
-            .map(|s| (unique.min(s) as f64) * 100.0 / s as f64),
+        percent_read: percent_read(unique, info.size),
         reread_bytes: st.bytes_read - unique,
         bytes_written: st.bytes_written,
     })
@@ -2065,6 +2103,13 @@ impl Cells<'_> {
 
     /// `bytes` as `push_human` writes it.
     fn human(&mut self, bytes: u64) -> Option<()> {
+        if let Some((tenths, unit)) = crate::units::human_tenths(bytes) {
+            self.text(unit)?;
+            self.byte(b' ')?;
+            self.byte(b'0' + (tenths % 10) as u8)?;
+            self.byte(b'.')?;
+            return self.digits(tenths / 10);
+        }
         match crate::units::human_scaled(bytes) {
             None => {
                 self.text(" B")?;
@@ -2082,7 +2127,7 @@ impl Cells<'_> {
 /// `row`'s line up to its path, in `line`; `None` when a number does not
 /// fit its column (or is a rounding case only `format!` gets right),
 /// for [`slow_head`] to write.
-fn fast_head(line: &mut Head, row: &FileRow<'_>, first_time: Option<f64>) -> Option<()> {
+fn fast_head(line: &mut Head, row: &LineNumbers, first_time: Option<f64>) -> Option<()> {
     let mut c = Cells {
         line,
         from: 0,
@@ -2114,7 +2159,7 @@ fn fast_head(line: &mut Head, row: &FileRow<'_>, first_time: Option<f64>) -> Opt
 }
 
 /// `row`'s line up to its path, however wide its numbers.
-fn slow_head(text: &mut Vec<u8>, row: &FileRow<'_>, first_time: Option<f64>) {
+fn slow_head(text: &mut Vec<u8>, row: &LineNumbers, first_time: Option<f64>) {
     use crate::units::{push_fixed, push_human};
     let mut line = String::from("  ");
     let mut cell = String::new();
@@ -2183,18 +2228,28 @@ fn file_lines(
                 objects.prefetch_name(o);
             }
         }
-        let Some(row) = at(t, 2).and_then(|&o| file_row(index, touched, o)) else {
+        // What `file_row` gives, without the `str`s it makes.
+        let Some((st, parts)) = at(t, 2).and_then(|&o| {
+            let parts = objects?.line_parts(o).filter(|p| p.kind.is_file_like())?;
+            Some((touched.get(o)?, parts))
+        }) else {
             continue;
         };
+        let numbers = LineNumbers::of(st, parts.size);
         let mut line: Head = [b' '; 64];
-        match fast_head(&mut line, &row, first_time) {
+        match fast_head(&mut line, &numbers, first_time) {
             Some(()) => text.extend_from_slice(&line),
-            None => slow_head(text, &row, first_time),
+            None => slow_head(text, &numbers, first_time),
         }
-        text.extend_from_slice(row.device.unwrap_or("").as_bytes());
-        text.push(b' ');
-        text.extend_from_slice(row.path.as_bytes());
-        if row.kind == "directory" {
+        match parts.text {
+            LineText::Whole(t) => text.extend_from_slice(t),
+            LineText::Parts(device, path) => {
+                text.extend_from_slice(device);
+                text.push(b' ');
+                text.extend_from_slice(path);
+            }
+        }
+        if parts.kind == Kind::Directory {
             text.push(b'/');
         }
         text.push(b'\n');

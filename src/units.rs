@@ -80,6 +80,25 @@ pub fn human_scaled(bytes: u64) -> Option<(f64, &'static str)> {
     (i > 0).then_some((v, UNITS[i]))
 }
 
+/// `bytes` in tenths of the unit [`human`] writes it in, and the unit,
+/// as `push_human` rounds it, in integers: for 1 KiB up to 2^53 bytes
+/// (where the quotient a double holds is exact), and not for an exact
+/// tie, which `format!` breaks to the even digit (left to
+/// [`human_scaled`] and [`push_fixed`]). `None` for the others.
+pub fn human_tenths(bytes: u64) -> Option<(u64, &'static str)> {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if !(1024..1 << 53).contains(&bytes) {
+        return None;
+    }
+    let unit = ((63 - bytes.leading_zeros()) / 10) as usize;
+    let shift = 10 * unit as u32;
+    // Below 2^57: no overflow.
+    let scaled = bytes * 10;
+    let (whole, rest) = (scaled >> shift, scaled & ((1 << shift) - 1));
+    let half = 1 << (shift - 1);
+    (rest != half).then(|| (whole + u64::from(rest > half), UNITS[unit]))
+}
+
 /// Appends `n` in decimal.
 pub fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
@@ -146,6 +165,45 @@ pub fn fixed_scaled(v: f64, prec: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenths_are_what_push_human_writes() {
+        let mut values = vec![
+            1023,
+            1024,
+            1025,
+            1280,
+            1331,
+            1332,
+            1 << 20,
+            (1 << 53) - 1,
+            1 << 53,
+        ];
+        // Either side of every tenth's tie in each unit, and the ties.
+        for shift in [10u32, 20, 30, 40, 50] {
+            for tenth in [0u64, 1, 4, 5, 9, 10, 99, 9_995, 10_235, 10_239] {
+                let tie = ((2 * tenth + 1) << shift) / 20;
+                values.extend([tie.saturating_sub(1), tie, tie + 1]);
+            }
+        }
+        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..200_000 {
+            let v = rng.next();
+            values.push(v >> (v % 64));
+        }
+        let mut ties = 0;
+        for bytes in values {
+            let mut want = String::new();
+            push_human(&mut want, bytes);
+            match human_tenths(bytes) {
+                Some((t, unit)) => {
+                    assert_eq!(format!("{}.{} {unit}", t / 10, t % 10), want, "{bytes}")
+                }
+                None => ties += u64::from((1024..1 << 53).contains(&bytes)),
+            }
+        }
+        assert!(ties > 0);
+    }
 
     #[test]
     fn parses() {

@@ -146,6 +146,22 @@ impl Row {
     }
 }
 
+/// What the summary prints of an object after its numbers.
+pub(crate) struct LineParts<'a> {
+    pub kind: Kind,
+    pub size: Option<u64>,
+    pub text: LineText<'a>,
+}
+
+/// The device, a space and the path (the name where the object has no
+/// path; nothing before the space where it has no device).
+pub(crate) enum LineText<'a> {
+    /// All three, as they stand in the name.
+    Whole(&'a [u8]),
+    /// The device and the path, to be joined by a space.
+    Parts(&'a [u8], &'a [u8]),
+}
+
 /// Objects indexed by `objects.id` (index 0 is unused, as the ids start
 /// at 1).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -287,6 +303,34 @@ impl ObjectTable {
             path: r.path().map(|s| self.text(s)),
             partition: r.partition(),
             size: r.size(),
+        })
+    }
+
+    /// What a summary line prints of object `id` (see [`LineParts`]).
+    pub(crate) fn line_parts(&self, id: u32) -> Option<LineParts<'_>> {
+        let r = self.rows.get(id as usize)?;
+        let bytes = self.strings.as_bytes();
+        // Bytes, not `str`s: the line is bytes, and slicing a `str`
+        // checks both ends for a character's start.
+        let span = |s: Span| bytes.get(s.start()..s.end()).unwrap_or_default();
+        let path = r.path().unwrap_or(r.name);
+        let text = match r.device() {
+            // The usual name is the device, a space and the path: one
+            // copy rather than three.
+            Some(d)
+                if d.start == r.name.start
+                    && path.end == r.name.end
+                    && d.end.checked_add(1) == Some(path.start)
+                    && bytes.get(d.end()) == Some(&b' ') =>
+            {
+                LineText::Whole(span(r.name))
+            }
+            d => LineText::Parts(d.map_or(&[][..], span), span(path)),
+        };
+        Some(LineParts {
+            kind: r.kind,
+            size: r.size(),
+            text,
         })
     }
 
