@@ -917,6 +917,24 @@ mod tests {
         assert_eq!(overflow, vec![5]);
     }
 
+    #[test]
+    fn digits_are_eight_bytes_of_ascii() {
+        let mut rng = crate::test_rng::XorShift(0x1234_5678_9abc_def1);
+        let mut check = |n: u32| {
+            let (w, digits) = blanked(n);
+            assert_eq!(w.to_le_bytes(), *format!("{n:>8}").as_bytes(), "{n}");
+            assert_eq!(digits, n.to_string().len());
+            let d = digit_bytes(n) + 0x30 * ONES;
+            assert_eq!(d.to_le_bytes(), *format!("{n:08}").as_bytes(), "{n}");
+        };
+        for n in (0..200_000).chain(99_800_000..100_000_000) {
+            check(n);
+        }
+        for _ in 0..1_000_000 {
+            check((rng.next() % 100_000_000) as u32);
+        }
+    }
+
     /// The summary's quick line writer writes what the general one does,
     /// or leaves the line to it.
     #[test]
@@ -973,6 +991,38 @@ mod tests {
             }
         }
         assert!(fast > 50_000 && slow > 1000, "{fast} {slow}");
+        // Each number at the edges of its column and of its units.
+        let edges = [
+            0,
+            1,
+            9,
+            10,
+            1023,
+            1024,
+            1279,
+            1280,
+            1281,
+            99_999_999,
+            100_000_000,
+        ];
+        for (i, &n) in edges.iter().enumerate() {
+            for (j, &m) in edges.iter().enumerate() {
+                let row = LineNumbers {
+                    first_seq: n,
+                    first_time: Some(1.7e9 + [0.0, 9_999.999_999, 10_000.0, 0.000_000_5][i % 4]),
+                    requests: m,
+                    bytes_read: n * 1024 + m,
+                    percent_read: [None, Some(100.0), Some(0.05), Some(99.95)][j % 4],
+                    reread_bytes: m.min(n * 1024 + m),
+                };
+                let mut want = Vec::new();
+                slow_head(&mut want, &row, Some(1.7e9));
+                let mut line: Head = [b' '; 64];
+                if fast_head(&mut line, &row, Some(1.7e9)).is_some() {
+                    assert_eq!(line.as_slice(), want.as_slice(), "{row:?}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -2037,139 +2087,123 @@ fn push_right(out: &mut String, s: &str, width: usize) {
     out.push_str(s);
 }
 
-/// Where each number of a summary line ends, after two spaces: seq,
-/// time, requests, read, %read and re-read, right-aligned in 8, 12, 8,
-/// 10, 7 and 10 columns one space apart; two spaces follow.
-const CELL_ENDS: [usize; 6] = [10, 23, 32, 43, 51, 62];
-
-/// A summary line up to its path.
+/// A summary line up to its path: two spaces, then seq, time, requests,
+/// read, %read and re-read, right-aligned in 8, 12, 8, 10, 7 and 10
+/// columns one space apart, then two spaces.
 type Head = [u8; 64];
 
-/// Writes the numbers of a summary line into a line of blanks, each
-/// right-aligned in its column, last character first: no padding to
-/// count, no copy per cell. Each call puts its text just before what the
-/// cell holds, or returns `None` when it would not fit.
-struct Cells<'a> {
-    line: &'a mut Head,
-    /// The current cell is `line[from..end]`.
-    from: usize,
-    end: usize,
+/// Where each cell of a [`Head`] ends.
+const SEQ_END: usize = 10;
+const TIME_END: usize = 23;
+const REQUESTS_END: usize = 32;
+const READ_END: usize = 43;
+const PERCENT_END: usize = 51;
+const REREAD_END: usize = 62;
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// The eight decimal digits of `n` (under 10^8), the first in the lowest
+/// byte, as values 0-9: four divisions done in every byte at once
+/// (multiplications by reciprocals, exact for these ranges), rather than
+/// eight done one after the other.
+#[inline(always)]
+fn digit_bytes(n: u32) -> u64 {
+    // Two 32-bit halves: the first four digits, the last four.
+    let halves = u64::from(n / 10_000) | (u64::from(n % 10_000) << 32);
+    // Each half (under 10,000) by 100: 16-bit quarters under 100.
+    let hundreds = ((halves * 10_486) >> 20) & 0x0000_007f_0000_007f;
+    let quarters = hundreds | ((halves - 100 * hundreds) << 16);
+    // Each quarter by 10: bytes under 10.
+    let tens = ((quarters * 103) >> 10) & 0x000f_000f_000f_000f;
+    tens | ((quarters - 10 * tens) << 8)
 }
 
-impl Cells<'_> {
-    /// Moves on to cell `i` (of [`CELL_ENDS`]), from the first.
-    fn cell(&mut self, i: usize) {
-        self.from = CELL_ENDS[..i].last().map_or(2, |e| e + 1);
-        self.end = CELL_ENDS[i];
-    }
-
-    #[inline]
-    fn byte(&mut self, b: u8) -> Option<()> {
-        if self.end <= self.from {
-            return None;
-        }
-        self.end -= 1;
-        // `end` is in range already; the remainder spares the bounds check.
-        self.line[self.end % self.line.len()] = b;
-        Some(())
-    }
-
-    fn text(&mut self, s: &str) -> Option<()> {
-        s.bytes().rev().try_for_each(|b| self.byte(b))
-    }
-
-    /// `n` in decimal, two digits per division. Not `itoa`: it writes
-    /// left to right into a buffer of its own, and copying that back
-    /// into the cell cost a third more for the summary lines (callgrind:
-    /// 35 M -> 50 M instructions on the 250k trace).
-    fn digits(&mut self, mut n: u64) -> Option<()> {
-        const PAIRS: &[u8; 200] = b"\
-            0001020304050607080910111213141516171819\
-            2021222324252627282930313233343536373839\
-            4041424344454647484950515253545556575859\
-            6061626364656667686970717273747576777879\
-            8081828384858687888990919293949596979899";
-        while n >= 10 {
-            let d = (n % 100) as usize * 2;
-            self.byte(PAIRS[d + 1])?;
-            if n < 100 {
-                return self.byte(PAIRS[d]);
-            }
-            self.byte(PAIRS[d])?;
-            n /= 100;
-        }
-        self.byte(b'0' + n as u8)
-    }
-
-    /// `v` with `prec` decimals, as `push_fixed` writes it.
-    #[inline]
-    fn fixed(&mut self, v: f64, prec: usize) -> Option<()> {
-        let mut r = crate::units::fixed_scaled(v, prec)?;
-        if prec > 0 {
-            for _ in 0..prec {
-                self.byte(b'0' + (r % 10) as u8)?;
-                r /= 10;
-            }
-            self.byte(b'.')?;
-        }
-        self.digits(r)
-    }
-
-    /// `bytes` as `push_human` writes it.
-    fn human(&mut self, bytes: u64) -> Option<()> {
-        if let Some((tenths, unit)) = crate::units::human_tenths(bytes) {
-            self.text(unit)?;
-            self.byte(b' ')?;
-            self.byte(b'0' + (tenths % 10) as u8)?;
-            self.byte(b'.')?;
-            return self.digits(tenths / 10);
-        }
-        match crate::units::human_scaled(bytes) {
-            None => {
-                self.text(" B")?;
-                self.digits(bytes)
-            }
-            Some((v, unit)) => {
-                self.text(unit)?;
-                self.byte(b' ')?;
-                self.fixed(v, 1)
-            }
-        }
-    }
+/// `n` (under 10^8) in ASCII, right-aligned in eight bytes with its
+/// leading zeros blanked (a zero is one `0`): the bytes to store, and how
+/// many digits it has.
+#[inline(always)]
+fn blanked(n: u32) -> (u64, usize) {
+    let d = digit_bytes(n);
+    let zeros = ((d | (1 << 56)).trailing_zeros() / 8) as usize;
+    let blank = (1u64 << (8 * zeros)) - 1;
+    let ascii = d + 0x30 * ONES;
+    ((ascii & !blank) | (0x20 * ONES & blank), 8 - zeros)
 }
 
-/// `row`'s line up to its path, in `line`; `None` when a number does not
-/// fit its column (or is a rounding case only `format!` gets right),
-/// for [`slow_head`] to write.
+/// Stores the eight bytes `w` (in memory order) to end at `end`.
+#[inline(always)]
+fn put8(line: &mut Head, end: usize, w: u64) {
+    line[end - 8..end].copy_from_slice(&w.to_le_bytes());
+}
+
+/// Writes `bytes` as `push_human` does, right-aligned to end at `end` in a
+/// 10-column cell; `None` when only `push_human` can (a rounding tie,
+/// 2^53 bytes or more).
+#[inline(always)]
+fn put_human(line: &mut Head, end: usize, bytes: u64) -> Option<()> {
+    if bytes < 1024 {
+        line[end - 2..end].copy_from_slice(b" B");
+        put8(line, end - 2, blanked(bytes as u32).0);
+        return Some(());
+    }
+    let (tenths, unit) = crate::units::human_tenths(bytes)?;
+    // At most 1024.0: four digits, a point, a digit, a space, the unit.
+    line[end - 3..end].copy_from_slice(unit.as_bytes().get(..3)?);
+    line[end - 5] = b'0' + (tenths % 10) as u8;
+    line[end - 6] = b'.';
+    put8(line, end - 6, blanked((tenths / 10) as u32).0);
+    Some(())
+}
+
+/// `row`'s line up to its path, in `line` (all blanks); `None` when a
+/// number does not fit its column (or is a rounding case only `format!`
+/// gets right), for [`slow_head`] to write.
+///
+/// Each number is written as one 8-byte store of its digits, blanks to
+/// their left, which may reach into the cell to its left: the cells are
+/// written right to left, each over what the one to its right spilled.
 fn fast_head(line: &mut Head, row: &LineNumbers, first_time: Option<f64>) -> Option<()> {
-    let mut c = Cells {
-        line,
-        from: 0,
-        end: 0,
-    };
-    c.cell(0);
-    c.digits(row.first_seq)?;
-    c.cell(1);
+    put_human(line, REREAD_END, row.reread_bytes)?;
+    match row.percent_read {
+        Some(p) => {
+            // Five digits before the point fill its seven columns.
+            let tenths = crate::units::fixed_scaled(p, 1).filter(|&t| t < 1_000_000)?;
+            line[PERCENT_END - 1] = b'0' + (tenths % 10) as u8;
+            line[PERCENT_END - 2] = b'.';
+            put8(line, PERCENT_END - 2, blanked((tenths / 10) as u32).0);
+        }
+        None => line[PERCENT_END - 1] = b'-',
+    }
+    put_human(line, READ_END, row.bytes_read)?;
+    let requests = u32::try_from(row.requests)
+        .ok()
+        .filter(|&n| n < 100_000_000)?;
+    put8(line, REQUESTS_END, blanked(requests).0);
     match row.first_time {
         // Seconds since the first request read better than the trace's
-        // own clock (often seconds since 1970).
+        // own clock (often seconds since 1970): `+S.ffffff`, four digits
+        // of seconds at most.
         Some(t) => {
-            c.fixed(t - first_time.unwrap_or(t).min(t), 6)?;
-            c.byte(b'+')?;
+            let micros = crate::units::fixed_scaled(t - first_time.unwrap_or(t).min(t), 6)?;
+            let secs = u32::try_from(micros / 1_000_000)
+                .ok()
+                .filter(|&s| s < 10_000)?;
+            let fraction = (micros % 1_000_000) as u32;
+            // "00ffffff": the two zeros become the point and the last
+            // digit of the seconds.
+            put8(line, TIME_END, digit_bytes(fraction) + 0x30 * ONES);
+            line[TIME_END - 7] = b'.';
+            let (w, digits) = blanked(secs);
+            put8(line, TIME_END - 7, w);
+            line[TIME_END - 8 - digits] = b'+';
         }
-        None => c.byte(b'-')?,
+        None => line[TIME_END - 1] = b'-',
     }
-    c.cell(2);
-    c.digits(row.requests)?;
-    c.cell(3);
-    c.human(row.bytes_read)?;
-    c.cell(4);
-    match row.percent_read {
-        Some(p) => c.fixed(p, 1)?,
-        None => c.byte(b'-')?,
-    }
-    c.cell(5);
-    c.human(row.reread_bytes)
+    let seq = u32::try_from(row.first_seq)
+        .ok()
+        .filter(|&n| n < 100_000_000)?;
+    put8(line, SEQ_END, blanked(seq).0);
+    Some(())
 }
 
 /// `row`'s line up to its path, however wide its numbers.
