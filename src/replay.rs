@@ -920,7 +920,7 @@ mod tests {
     #[test]
     fn digits_are_eight_bytes_of_ascii() {
         let mut rng = crate::test_rng::XorShift(0x1234_5678_9abc_def1);
-        let mut check = |n: u32| {
+        let check = |n: u32| {
             let (w, digits) = blanked(n);
             assert_eq!(w.to_le_bytes(), *format!("{n:>8}").as_bytes(), "{n}");
             assert_eq!(digits, n.to_string().len());
@@ -2127,7 +2127,7 @@ fn blanked(n: u32) -> (u64, usize) {
     let zeros = ((d | (1 << 56)).trailing_zeros() / 8) as usize;
     let blank = (1u64 << (8 * zeros)) - 1;
     let ascii = d + 0x30 * ONES;
-    ((ascii & !blank) | (0x20 * ONES & blank), 8 - zeros)
+    ((ascii & !blank) | ((0x20 * ONES) & blank), 8 - zeros)
 }
 
 /// Stores the eight bytes `w` (in memory order) to end at `end`.
