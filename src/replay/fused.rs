@@ -309,41 +309,111 @@ const FIRSTS: usize = 32;
 /// turn.
 fn attribute(index: &MapIndex, tally: &mut Tally, k: u64, local: &[Local]) {
     let mut firsts = [0usize; FIRSTS];
-    for t in 0..local.len() + 4 * STAGE {
-        if let Some(ev) = local.get(t) {
-            index.prefetch_bucket(ev.offset);
-        }
-        let at = |stage: usize| {
-            t.checked_sub(stage * STAGE)
-                .and_then(|j| Some((j, local.get(j)?)))
-        };
-        if let Some((_, ev)) = at(1) {
-            index.prefetch_segment(ev.offset);
-        }
-        if let Some((j, ev)) = at(2) {
-            let first = index.first_ending_after(ev.offset);
-            firsts[j % FIRSTS] = first;
-            if let Some(o) = index.owner_at(first) {
-                tally.touched.prefetch_slot(o);
-            }
-        }
-        if let Some((j, _)) = at(3) {
-            if let Some(o) = index.owner_at(firsts[j % FIRSTS]) {
-                tally.touched.prefetch_numbers(o);
-            }
-        }
-        let Some((j, ev)) = at(4) else {
-            continue;
-        };
-        let seq = key(k, j);
-        let time = ev.time();
-        let length = u64::from(ev.length);
-        if tally.request(seq, time, ev.op, length, ev.failed) {
-            let mut last_object = None;
-            index.split_from(Some(firsts[j % FIRSTS]), ev.offset, length, |p| {
-                tally.piece(seq, time, ev.op, &p, &mut last_object);
-            });
-        }
+    let n = local.len();
+    let lead = 4 * STAGE;
+    // While the pipeline fills and drains some stages have no request;
+    // in between, every stage has one, and the loop checks nothing.
+    for t in 0..lead.min(n + lead) {
+        pipeline_step(index, tally, k, local, &mut firsts, t);
+    }
+    for t in lead..n {
+        let ev = [
+            &local[t],
+            &local[t - STAGE],
+            &local[t - 2 * STAGE],
+            &local[t - 3 * STAGE],
+            &local[t - 4 * STAGE],
+        ];
+        let j = |stage: usize| t - stage * STAGE;
+        fetch_bucket(index, ev[0]);
+        fetch_segment(index, ev[1]);
+        find_first(index, tally, &mut firsts, j(2), ev[2]);
+        fetch_numbers(index, tally, &firsts, j(3));
+        count_request(index, tally, k, &firsts, j(4), ev[4]);
+    }
+    for t in lead.max(n)..n + lead {
+        pipeline_step(index, tally, k, local, &mut firsts, t);
+    }
+}
+
+/// Step `t` of [`attribute`]'s pipeline, each stage given its request if
+/// it has one.
+#[inline(always)]
+fn pipeline_step(
+    index: &MapIndex,
+    tally: &mut Tally,
+    k: u64,
+    local: &[Local],
+    firsts: &mut [usize; FIRSTS],
+    t: usize,
+) {
+    let at = |stage: usize| {
+        t.checked_sub(stage * STAGE)
+            .and_then(|j| Some((j, local.get(j)?)))
+    };
+    if let Some((_, ev)) = at(0) {
+        fetch_bucket(index, ev);
+    }
+    if let Some((_, ev)) = at(1) {
+        fetch_segment(index, ev);
+    }
+    if let Some((j, ev)) = at(2) {
+        find_first(index, tally, firsts, j, ev);
+    }
+    if let Some((j, _)) = at(3) {
+        fetch_numbers(index, tally, firsts, j);
+    }
+    if let Some((j, ev)) = at(4) {
+        count_request(index, tally, k, firsts, j, ev);
+    }
+}
+
+#[inline(always)]
+fn fetch_bucket(index: &MapIndex, ev: &Local) {
+    index.prefetch_bucket(ev.offset);
+}
+
+#[inline(always)]
+fn fetch_segment(index: &MapIndex, ev: &Local) {
+    index.prefetch_segment(ev.offset);
+}
+
+/// Finds request `j`'s first segment, and fetches its owner's slot.
+#[inline(always)]
+fn find_first(index: &MapIndex, tally: &Tally, firsts: &mut [usize; FIRSTS], j: usize, ev: &Local) {
+    let first = index.first_ending_after(ev.offset);
+    firsts[j % FIRSTS] = first;
+    if let Some(o) = index.owner_at(first) {
+        tally.touched.prefetch_slot(o);
+    }
+}
+
+/// Fetches the numbers of request `j`'s first owner.
+#[inline(always)]
+fn fetch_numbers(index: &MapIndex, tally: &Tally, firsts: &[usize; FIRSTS], j: usize) {
+    if let Some(o) = index.owner_at(firsts[j % FIRSTS]) {
+        tally.touched.prefetch_numbers(o);
+    }
+}
+
+/// Counts request `j`.
+#[inline(always)]
+fn count_request(
+    index: &MapIndex,
+    tally: &mut Tally,
+    k: u64,
+    firsts: &[usize; FIRSTS],
+    j: usize,
+    ev: &Local,
+) {
+    let seq = key(k, j);
+    let time = ev.time();
+    let length = u64::from(ev.length);
+    if tally.request(seq, time, ev.op, length, ev.failed) {
+        let mut last_object = None;
+        index.split_from(Some(firsts[j % FIRSTS]), ev.offset, length, |p| {
+            tally.piece(seq, time, ev.op, &p, &mut last_object);
+        });
     }
 }
 
