@@ -313,23 +313,16 @@ fn attribute(index: &MapIndex, tally: &mut Tally, k: u64, local: &[Local]) {
     let lead = 4 * STAGE;
     // While the pipeline fills and drains some stages have no request;
     // in between, every stage has one, and the loop checks nothing.
-    for t in 0..lead.min(n + lead) {
+    for t in 0..lead {
         pipeline_step(index, tally, k, local, &mut firsts, t);
     }
     for t in lead..n {
-        let ev = [
-            &local[t],
-            &local[t - STAGE],
-            &local[t - 2 * STAGE],
-            &local[t - 3 * STAGE],
-            &local[t - 4 * STAGE],
-        ];
         let j = |stage: usize| t - stage * STAGE;
-        fetch_bucket(index, ev[0]);
-        fetch_segment(index, ev[1]);
-        find_first(index, tally, &mut firsts, j(2), ev[2]);
+        index.prefetch_bucket(local[t].offset);
+        index.prefetch_segment(local[j(1)].offset);
+        find_first(index, tally, &mut firsts, j(2), &local[j(2)]);
         fetch_numbers(index, tally, &firsts, j(3));
-        count_request(index, tally, k, &firsts, j(4), ev[4]);
+        count_request(index, tally, k, &firsts, j(4), &local[j(4)]);
     }
     for t in lead.max(n)..n + lead {
         pipeline_step(index, tally, k, local, &mut firsts, t);
@@ -352,10 +345,10 @@ fn pipeline_step(
             .and_then(|j| Some((j, local.get(j)?)))
     };
     if let Some((_, ev)) = at(0) {
-        fetch_bucket(index, ev);
+        index.prefetch_bucket(ev.offset);
     }
     if let Some((_, ev)) = at(1) {
-        fetch_segment(index, ev);
+        index.prefetch_segment(ev.offset);
     }
     if let Some((j, ev)) = at(2) {
         find_first(index, tally, firsts, j, ev);
@@ -366,16 +359,6 @@ fn pipeline_step(
     if let Some((j, ev)) = at(4) {
         count_request(index, tally, k, firsts, j, ev);
     }
-}
-
-#[inline(always)]
-fn fetch_bucket(index: &MapIndex, ev: &Local) {
-    index.prefetch_bucket(ev.offset);
-}
-
-#[inline(always)]
-fn fetch_segment(index: &MapIndex, ev: &Local) {
-    index.prefetch_segment(ev.offset);
 }
 
 /// Finds request `j`'s first segment, and fetches its owner's slot.
