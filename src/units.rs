@@ -67,10 +67,12 @@ pub fn push_human(out: &mut String, bytes: u64) {
     }
 }
 
+/// The units [`human`] writes, each 1024 times the one before.
+const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+
 /// The number and unit [`human`] writes with one decimal; `None` under
 /// 1 KiB, written as a whole number of bytes.
 pub fn human_scaled(bytes: u64) -> Option<(f64, &'static str)> {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut v = bytes as f64;
     let mut i = 0;
     while v >= 1024.0 && i + 1 < UNITS.len() {
@@ -86,17 +88,18 @@ pub fn human_scaled(bytes: u64) -> Option<(f64, &'static str)> {
 /// tie, which `format!` breaks to the even digit (left to
 /// [`human_scaled`] and [`push_fixed`]). `None` for the others.
 pub fn human_tenths(bytes: u64) -> Option<(u64, &'static str)> {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     if !(1024..1 << 53).contains(&bytes) {
         return None;
     }
-    let unit = ((63 - bytes.leading_zeros()) / 10) as usize;
-    let shift = 10 * unit as u32;
+    // Under 2^53: at most PiB.
+    let unit = (63 - bytes.leading_zeros()) / 10;
+    let shift = 10 * unit;
     // Below 2^57: no overflow.
     let scaled = bytes * 10;
     let (whole, rest) = (scaled >> shift, scaled & ((1 << shift) - 1));
     let half = 1 << (shift - 1);
-    (rest != half).then(|| (whole + u64::from(rest > half), UNITS[unit]))
+    let name = *UNITS.get(usize::try_from(unit).ok()?)?;
+    (rest != half).then_some((whole + u64::from(rest > half), name))
 }
 
 /// Appends `n` in decimal.
