@@ -1857,16 +1857,13 @@ impl LineNumbers {
             first_time: st.first_time(),
             requests: st.requests,
             bytes_read: st.bytes_read,
-            percent_read: percent_read(unique, size),
+            // The share of the object its bytes read (once) are.
+            percent_read: size
+                .filter(|&s| s > 0)
+                .map(|s| (unique.min(s) as f64) * 100.0 / s as f64),
             reread_bytes: st.bytes_read - unique,
         }
     }
-}
-
-/// The share of an object of `size` bytes that `unique` bytes read are.
-fn percent_read(unique: u64, size: Option<u64>) -> Option<f64> {
-    size.filter(|&s| s > 0)
-        .map(|s| (unique.min(s) as f64) * 100.0 / s as f64)
 }
 
 fn file_rows<'a>(
@@ -1893,20 +1890,20 @@ fn file_row<'a>(index: &'a MapIndex, touched: &'a Touched, o: u32) -> Option<Fil
     if !info.kind.is_file_like() {
         return None;
     }
-    let unique = st.coverage.bytes();
+    let n = LineNumbers::of(st, info.size);
     Some(FileRow {
-        first_seq: st.first_seq,
-        first_time: st.first_time(),
+        first_seq: n.first_seq,
+        first_time: n.first_time,
         kind: info.kind.as_str(),
         device: info.device,
         partition: info.partition,
         path: info.path.unwrap_or(info.name),
         size: info.size,
-        requests: st.requests,
-        bytes_read: st.bytes_read,
-        unique_bytes_read: unique,
-        percent_read: percent_read(unique, info.size),
-        reread_bytes: st.bytes_read - unique,
+        requests: n.requests,
+        bytes_read: n.bytes_read,
+        unique_bytes_read: n.bytes_read - n.reread_bytes,
+        percent_read: n.percent_read,
+        reread_bytes: n.reread_bytes,
         bytes_written: st.bytes_written,
     })
 }
