@@ -515,7 +515,7 @@ fn rebase(
 pub struct Parser<R> {
     lines: LineReader<R>,
     pairing: Pairing,
-    dates: DateCache,
+    known: LineCache,
     finished: bool,
 }
 
@@ -524,7 +524,7 @@ impl<R: BufRead> Parser<R> {
         Parser {
             lines,
             pairing: Pairing::default(),
-            dates: DateCache::default(),
+            known: LineCache::default(),
             finished: false,
         }
     }
@@ -554,7 +554,7 @@ impl<R: BufRead> Iterator for Parser<R> {
                     continue;
                 }
                 Some(Err(e)) => Err(e),
-                Some(Ok(l)) => parse_line(l, n, &mut self.dates),
+                Some(Ok(l)) => parse_line(l, n, &mut self.known),
             };
             if let Some(e) = self.pairing.apply(n, parsed) {
                 return Some(e);
@@ -735,12 +735,12 @@ fn work<S: PositionalRead + ?Sized>(
     spent: &mpsc::Receiver<Chunk>,
 ) {
     let mut window = Window::default();
-    let mut dates = DateCache::default();
+    let mut known = LineCache::default();
     let mut k = first;
     let mut send = |c: Chunk| chunks.send(c).is_ok();
     loop {
         let fresh = || spent.try_recv().unwrap_or_default();
-        let Some(last) = parse_chunk(src, k, size, &mut window, &mut dates, fresh, &mut send)
+        let Some(last) = parse_chunk(src, k, size, &mut window, &mut known, fresh, &mut send)
         else {
             return;
         };
@@ -761,7 +761,7 @@ fn parse_chunk<S: PositionalRead + ?Sized>(
     k: u64,
     size: usize,
     window: &mut Window,
-    dates: &mut DateCache,
+    known: &mut LineCache,
     fresh: impl Fn() -> Chunk,
     send: &mut impl FnMut(Chunk) -> bool,
 ) -> Option<bool> {
@@ -772,7 +772,7 @@ fn parse_chunk<S: PositionalRead + ?Sized>(
     let read = chunk_lines(src, k, size, window, |n, line| {
         let n = n - sent;
         let parsed = match line {
-            Some(l) => parse_line(l, n, dates),
+            Some(l) => parse_line(l, n, known),
             None => Err(TraceError::LineTooLong {
                 line: n,
                 max: MAX_LINE,
@@ -1037,7 +1037,7 @@ fn need(n: u64, v: Option<&[u8]>, key: &str) -> Result<u64, TraceError> {
 }
 
 #[inline(always)]
-fn parse_line(l: &[u8], n: u64, cache: &mut DateCache) -> Result<Parsed, TraceError> {
+fn parse_line(l: &[u8], n: u64, cache: &mut LineCache) -> Result<Parsed, TraceError> {
     visit_line(l, n, cache, &mut Build)
 }
 
@@ -1045,12 +1045,12 @@ fn parse_line(l: &[u8], n: u64, cache: &mut DateCache) -> Result<Parsed, TraceEr
 /// shape goes to `sink`'s own methods, anything else to
 /// [`Sink::other`] as [`parse_rest`] reads it.
 #[inline(always)]
-fn visit_line<S: Sink>(l: &[u8], n: u64, cache: &mut DateCache, sink: &mut S) -> S::Out {
-    let (stamp, rest) = match cache.stamp(l) {
+fn visit_line<S: Sink>(l: &[u8], n: u64, cache: &mut LineCache, sink: &mut S) -> S::Out {
+    let (stamp, rest) = match cache.dates.stamp(l) {
         Some((t, r)) => (Some(t), r),
         None => (None, l),
     };
-    match quick::<S, false>(stamp, rest, n, sink) {
+    match quick::<S, false>(stamp, rest, n, &mut cache.heads, sink) {
         Some((out, _)) => out,
         None => sink.other(parse_rest(stamp.map(Stamp::seconds), rest, n)),
     }
@@ -1065,13 +1065,13 @@ fn visit_line<S: Sink>(l: &[u8], n: u64, cache: &mut DateCache, sink: &mut S) ->
 fn visit_quick_line<S: Sink>(
     rest: &[u8],
     n: u64,
-    cache: &mut DateCache,
+    cache: &mut LineCache,
     sink: &mut S,
 ) -> Option<(S::Out, usize)> {
     // A line without a timestamp, or whose timestamp ends it, is rare:
     // the careful way, which finds its end first.
-    let (stamp, after) = cache.stamp(rest)?;
-    let (out, tail) = quick::<S, true>(Some(stamp), after, n, sink)?;
+    let (stamp, after) = cache.dates.stamp(rest)?;
+    let (out, tail) = quick::<S, true>(Some(stamp), after, n, &mut cache.heads, sink)?;
     Some((out, rest.len() - tail))
 }
 
@@ -1155,6 +1155,7 @@ fn quick<S: Sink, const IN_BUFFER: bool>(
     stamp: Option<Stamp>,
     rest: &[u8],
     n: u64,
+    heads: &mut Heads,
     sink: &mut S,
 ) -> Option<(S::Out, usize)> {
     // Where the line ends: at the slice's end, or at a newline.
@@ -1165,23 +1166,20 @@ fn quick<S: Sink, const IN_BUFFER: bool>(
             t.is_empty()
         }
     };
-    // One space follows the timestamp; more, or a tab, is for the general
-    // path.
-    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-    let rest = strip(rest, b"connection=")?;
-    let (connection, rest) = decimal_then_space(rest)?;
-    if let Some(done) = strip(rest, b"...") {
-        let (op, args) = op_word(done)?;
-        let (id, args) = decimal_then_space(strip(args, b"id=")?)?;
+    let (head, args) = match heads.find(rest) {
+        Some(found) => found,
+        None => {
+            let (head, args) = read_head(rest)?;
+            heads.remember(rest, rest.len() - args.len(), head);
+            (head, args)
+        }
+    };
+    let (id, args) = decimal_then_space(args)?;
+    if head.done {
         let tail = strip(args, b"return=0")?;
-        return ends(tail).then(|| (sink.completion(connection, op, id), tail.len()));
+        return ends(tail).then(|| (sink.completion(head.connection, head.op, id), tail.len()));
     }
-    let connection = Some(connection);
-    let (op, args) = op_word(rest)?;
-    if op == Op::Flush {
-        return None;
-    }
-    let (id, args) = decimal_then_space(strip(args, b"id=")?)?;
+    let (connection, op) = (Some(head.connection), head.op);
     let (offset, args) = number_then_space(strip(args, b"offset=")?)?;
     let (length, mut args) = number_then_space(strip(args, b"count=")?)?;
     offset.checked_add(length)?;
@@ -1224,6 +1222,142 @@ fn quick<S: Sink, const IN_BUFFER: bool>(
         ),
         tail.len(),
     ))
+}
+
+/// What the start of a quick line says, up to its `id=`: the connection,
+/// the request's name, and whether the line completes it.
+#[derive(Clone, Copy)]
+struct Head {
+    connection: u64,
+    op: Op,
+    done: bool,
+}
+
+/// The start of a line of the quick path's shape, up to and with its
+/// `id=`: ` connection=N OP id=` or ` connection=N ...OP id=`, what it
+/// says and what follows.
+#[inline(always)]
+fn read_head(rest: &[u8]) -> Option<(Head, &[u8])> {
+    // One space follows the timestamp; more, or a tab, is for the general
+    // path.
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    let rest = strip(rest, b"connection=")?;
+    let (connection, rest) = decimal_then_space(rest)?;
+    let (op, done, args) = match strip(rest, b"...") {
+        Some(done) => {
+            let (op, args) = op_word(done)?;
+            (op, true, args)
+        }
+        None => {
+            let (op, args) = op_word(rest)?;
+            (op, false, args)
+        }
+    };
+    // A flush is the general path's.
+    if op == Op::Flush && !done {
+        return None;
+    }
+    let head = Head {
+        connection,
+        op,
+        done,
+    };
+    Some((head, strip(args, b"id=")?))
+}
+
+/// Bytes of a line's start that [`Heads`] compares at once: the longest
+/// start it keeps.
+const HEAD_BYTES: usize = 32;
+
+/// Starts of lines (see [`read_head`]) read lately. A trace has a few
+/// connections and a few kinds of request, so nearly every line starts as
+/// one a few lines before did: comparing 32 bytes with that start, in four
+/// word compares, replaces reading its connection, name and `id=`. A line
+/// whose bytes match a kept start says what that start said, so what is
+/// found here is what [`read_head`] would read.
+///
+/// Starts are kept by a hash of their bytes, two to a place: a request
+/// and its completion (two starts) or two connections sharing a place
+/// no longer push each other out line by line.
+#[derive(Default)]
+struct Heads {
+    kept: [[Option<KeptHead>; 2]; HEADS],
+}
+
+/// Places in [`Heads`].
+const HEADS: usize = 32;
+
+#[derive(Clone, Copy)]
+struct KeptHead {
+    /// The start's bytes, and masks of those that are its (`len` of them).
+    words: [u64; 4],
+    masks: [u64; 4],
+    len: usize,
+    head: Head,
+}
+
+impl KeptHead {
+    /// Whether the first bytes of a line, `w`, are this start.
+    #[inline(always)]
+    fn starts(&self, w: &[u64; 4]) -> bool {
+        (0..4).fold(0, |d, i| d | ((w[i] ^ self.words[i]) & self.masks[i])) == 0
+    }
+}
+
+impl Heads {
+    /// The first [`HEAD_BYTES`] bytes of `rest` as words, if it has them.
+    #[inline(always)]
+    fn words(rest: &[u8]) -> Option<[u64; 4]> {
+        let (bytes, _) = rest.split_first_chunk::<HEAD_BYTES>()?;
+        let (words, _) = bytes.as_chunks::<8>();
+        Some([0, 1, 2, 3].map(|i| u64::from_le_bytes(words[i])))
+    }
+
+    /// Where a start whose first bytes are `w` is kept: a hash of bytes
+    /// 12 to 19, where starts differ (the connection's digits, the dots, the
+    /// request's name). The shortest start (` connection=1 Read id=`) has
+    /// 22 bytes; bytes past a start (the id) would scatter it over many
+    /// places.
+    #[inline(always)]
+    fn place(w: &[u64; 4]) -> usize {
+        let key = (w[1] >> 32) | (w[2] << 32);
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - HEADS.trailing_zeros())) as usize
+    }
+
+    /// The kept start `rest` begins with, and what follows it.
+    #[inline(always)]
+    fn find<'a>(&self, rest: &'a [u8]) -> Option<(Head, &'a [u8])> {
+        let w = Self::words(rest)?;
+        let [a, b] = &self.kept[Self::place(&w)];
+        let kept = match a {
+            Some(a) if a.starts(&w) => a,
+            _ => b.as_ref().filter(|b| b.starts(&w))?,
+        };
+        Some((kept.head, rest.get(kept.len..)?))
+    }
+
+    /// Keeps the start of `rest`, `len` bytes that [`read_head`] read as
+    /// `head`, first in its place: the one there before moves second.
+    #[inline(never)]
+    fn remember(&mut self, rest: &[u8], len: usize, head: Head) {
+        let Some(w) = Self::words(rest).filter(|_| len <= HEAD_BYTES) else {
+            return;
+        };
+        let masks = [0, 1, 2, 3].map(|i| match len.saturating_sub(8 * i) {
+            0 => 0,
+            n if n >= 8 => u64::MAX,
+            n => (1u64 << (8 * n)) - 1,
+        });
+        let words = [0, 1, 2, 3].map(|i| w[i] & masks[i]);
+        let place = &mut self.kept[Self::place(&w)];
+        place[1] = place[0].take();
+        place[0] = Some(KeptHead {
+            words,
+            masks,
+            len,
+            head,
+        });
+    }
 }
 
 /// A request's name and what follows the space after it.
@@ -1536,6 +1670,14 @@ fn date_seconds(l: &[u8]) -> Option<i64> {
         return None;
     }
     Some(days_from_civil(y, mo, da) * 86400 + h * 3600 + mi * 60 + s)
+}
+
+/// What consecutive lines mostly share, read once: their date, and
+/// the starts of the usual lines.
+#[derive(Default)]
+struct LineCache {
+    dates: DateCache,
+    heads: Heads,
 }
 
 /// The last `YYYY-MM-DD HH:MM:SS` read and its seconds: consecutive lines
@@ -1976,21 +2118,39 @@ connection=1 ...Read id=1 return=0
                 variants.push([&t[..cut], k.as_bytes(), b" ", &t[cut..]].concat());
             }
         }
+        // Each line read afresh, and read after all the lines before it
+        // (whose starts are kept), the templates first and again last.
         let mut quick_ones = 0;
-        for v in &variants {
+        let mut kept = Heads::default();
+        let mut found_kept = 0;
+        let lines = templates.iter().map(|t| t.to_vec());
+        for v in lines.clone().chain(variants).chain(lines) {
             let stamp = Stamp {
                 secs: 1.0,
                 digits: 5,
                 count: 1,
             };
-            if let Some((q, _)) = quick::<_, false>(Some(stamp), v, 7, &mut Build) {
+            let v = &v[..];
+            let general = parse_rest(Some(1.5), v, 7).map_err(|e| e.to_string());
+            let afresh = quick::<_, false>(Some(stamp), v, 7, &mut Heads::default(), &mut Build);
+            found_kept += usize::from(kept.find(v).is_some());
+            let after = quick::<_, false>(Some(stamp), v, 7, &mut kept, &mut Build);
+            assert_eq!(
+                afresh.is_some(),
+                after.is_some(),
+                "{}",
+                String::from_utf8_lossy(v)
+            );
+            for (q, _) in afresh.into_iter().chain(after) {
                 quick_ones += 1;
-                let general = parse_rest(Some(1.5), v, 7).map_err(|e| e.to_string());
                 let q = q.map_err(|e| e.to_string());
                 assert_eq!(q, general, "{}", String::from_utf8_lossy(v));
             }
         }
-        assert!(quick_ones > 100, "{quick_ones}");
+        assert!(
+            quick_ones > 200 && found_kept > 100,
+            "{quick_ones} {found_kept}"
+        );
     }
 
     /// Numbers read eight bytes at a time are what reading them a byte at
@@ -2340,14 +2500,14 @@ connection=1 ...Read id=1 return=0
         for text in [bad, many] {
             let data = text.as_bytes();
             let mut window = Window::default();
-            let mut dates = DateCache::default();
+            let mut known = LineCache::default();
             let mut parts = Vec::new();
             let last = parse_chunk(
                 data,
                 0,
                 8 << 20,
                 &mut window,
-                &mut dates,
+                &mut known,
                 Chunk::default,
                 &mut |c| {
                     assert!(c.said.len() <= PART && c.others.len() <= PART_OTHERS);

@@ -26,7 +26,7 @@
 use std::io;
 
 use super::{
-    visit_line, visit_quick_line, DateCache, InFlight, Pairing, Parsed, Pending, Sink, MAX_PENDING,
+    visit_line, visit_quick_line, InFlight, LineCache, Pairing, Parsed, Pending, Sink, MAX_PENDING,
 };
 use crate::trace::{chunk_lines_with, Event, Op, PositionalRead, TraceError, Window};
 
@@ -260,7 +260,7 @@ fn in_runs(runs: &[(u64, u64)], id: u64) -> bool {
 #[derive(Default)]
 pub struct ChunkPairer {
     window: Window,
-    dates: DateCache,
+    known: LineCache,
     pending: InFlight,
     npending: usize,
     scratch: Vec<(u64, Pending)>,
@@ -281,13 +281,13 @@ impl ChunkPairer {
         let size = size.clamp(1, super::MAX_CHUNK);
         let Self {
             window,
-            dates,
+            known,
             pending,
             npending,
             scratch,
         } = self;
         let mut state = (
-            dates,
+            known,
             Pairs {
                 out: &mut *out,
                 pending: &mut *pending,
@@ -303,21 +303,21 @@ impl ChunkPairer {
             size,
             window,
             &mut state,
-            |(dates, pairs), n, rest| {
+            |(known, pairs), n, rest| {
                 pairs.line = n;
-                let (fine, len) = visit_quick_line(rest, n, dates, pairs)?;
+                let (fine, len) = visit_quick_line(rest, n, known, pairs)?;
                 if !fine {
                     pairs.out.odd = true;
                 }
                 Some((len, fine))
             },
-            |(dates, pairs), n, line| {
+            |(known, pairs), n, line| {
                 let Some(l) = line else {
                     pairs.out.odd = true;
                     return false;
                 };
                 pairs.line = n;
-                let fine = visit_line(l, n, dates, pairs);
+                let fine = visit_line(l, n, known, pairs);
                 if !fine {
                     pairs.out.odd = true;
                 }
