@@ -1276,17 +1276,26 @@ const HEAD_BYTES: usize = 32;
 /// whose bytes match a kept start says what that start said, so what is
 /// found here is what [`read_head`] would read.
 ///
-/// Starts are kept by a hash of their bytes, two to a place: a request
-/// and its completion (two starts) or two connections sharing a place
-/// no longer push each other out line by line.
-#[derive(Default)]
+/// A start is kept in the place a hash of its bytes picks, one to a
+/// place: two starts that share one push each other out (a line each),
+/// but the hash gives each of the 32 starts of 8 connections' reads and
+/// writes and their completions a place of its own.
 struct Heads {
-    kept: [[Option<KeptHead>; 2]; HEADS],
+    kept: [KeptHead; HEADS],
+}
+
+impl Default for Heads {
+    fn default() -> Self {
+        Heads {
+            kept: [KeptHead::NONE; HEADS],
+        }
+    }
 }
 
 /// Places in [`Heads`].
-const HEADS: usize = 32;
+const HEADS: usize = 64;
 
+/// A start, or none (`len` 0).
 #[derive(Clone, Copy)]
 struct KeptHead {
     /// The start's bytes, and masks of those that are its (`len` of them).
@@ -1297,10 +1306,22 @@ struct KeptHead {
 }
 
 impl KeptHead {
+    const NONE: KeptHead = KeptHead {
+        words: [0; 4],
+        masks: [0; 4],
+        len: 0,
+        head: Head {
+            connection: 0,
+            op: Op::Read,
+            done: false,
+        },
+    };
+
     /// Whether the first bytes of a line, `w`, are this start.
     #[inline(always)]
     fn starts(&self, w: &[u64; 4]) -> bool {
-        (0..4).fold(0, |d, i| d | ((w[i] ^ self.words[i]) & self.masks[i])) == 0
+        let differ = (0..4).fold(0, |d, i| d | ((w[i] ^ self.words[i]) & self.masks[i]));
+        (differ == 0) & (self.len > 0)
     }
 }
 
@@ -1328,16 +1349,15 @@ impl Heads {
     #[inline(always)]
     fn find<'a>(&self, rest: &'a [u8]) -> Option<(Head, &'a [u8])> {
         let w = Self::words(rest)?;
-        let [a, b] = &self.kept[Self::place(&w)];
-        let kept = match a {
-            Some(a) if a.starts(&w) => a,
-            _ => b.as_ref().filter(|b| b.starts(&w))?,
-        };
+        let kept = &self.kept[Self::place(&w)];
+        if !kept.starts(&w) {
+            return None;
+        }
         Some((kept.head, rest.get(kept.len..)?))
     }
 
     /// Keeps the start of `rest`, `len` bytes that [`read_head`] read as
-    /// `head`, first in its place: the one there before moves second.
+    /// `head`, in place of the one there.
     #[inline(never)]
     fn remember(&mut self, rest: &[u8], len: usize, head: Head) {
         let Some(w) = Self::words(rest).filter(|_| len <= HEAD_BYTES) else {
@@ -1349,14 +1369,12 @@ impl Heads {
             n => (1u64 << (8 * n)) - 1,
         });
         let words = [0, 1, 2, 3].map(|i| w[i] & masks[i]);
-        let place = &mut self.kept[Self::place(&w)];
-        place[1] = place[0].take();
-        place[0] = Some(KeptHead {
+        self.kept[Self::place(&w)] = KeptHead {
             words,
             masks,
             len,
             head,
-        });
+        };
     }
 }
 
