@@ -190,6 +190,7 @@ impl Waiting {
         (id % RING as u64) as usize
     }
 
+    #[inline(always)]
     fn get_mut(&mut self, id: u64) -> Option<&mut Pending> {
         let i = Self::slot(id);
         if matches!(self.ring.get(i), Some(Some((held, _))) if *held == id) {
@@ -203,6 +204,7 @@ impl Waiting {
 
     /// Keeps request `id` unless a request with that id is pending: then
     /// false, and nothing changes.
+    #[inline(always)]
     fn insert_new(&mut self, id: u64, p: Pending) -> bool {
         if self.get_mut(id).is_some() {
             return false;
@@ -212,6 +214,7 @@ impl Waiting {
     }
 
     /// Keeps a request whose id is not pending.
+    #[inline(always)]
     fn insert(&mut self, id: u64, p: Pending) {
         if self.ring.is_empty() && self.ringed {
             self.ring.resize(RING, None);
@@ -227,6 +230,7 @@ impl Waiting {
 
     /// Takes out request `id` if its op is `op`; else the request pending
     /// with that id, if any.
+    #[inline(always)]
     fn complete(&mut self, id: u64, op: Op) -> Result<Pending, Option<Pending>> {
         if let Some(slot) = self.ring.get_mut(Self::slot(id)) {
             if let Some((held, p)) = slot {
@@ -288,6 +292,7 @@ struct InFlight {
 const SMALL_CONNECTIONS: u64 = 64;
 
 impl InFlight {
+    #[inline]
     fn get_mut(&mut self, connection: Option<u64>) -> Option<&mut Waiting> {
         match connection {
             Some(c) if c < SMALL_CONNECTIONS => self.small.get_mut(c as usize),
@@ -341,15 +346,17 @@ impl InFlight {
 
     /// Takes out request `id` on `connection` if its op is `op`; else the
     /// request pending with that id, if any (see [`Waiting::complete`]).
-    #[inline]
+    #[inline(always)]
     fn complete(
         &mut self,
         connection: Option<u64>,
         id: u64,
         op: Op,
     ) -> Result<Pending, Option<Pending>> {
-        self.get_mut(connection)
-            .map_or(Err(None), |w| w.complete(id, op))
+        match self.get_mut(connection) {
+            Some(w) => w.complete(id, op),
+            None => Err(None),
+        }
     }
 
     /// Everything pending, taken out and handed to `put` with its id.
@@ -1711,17 +1718,12 @@ struct DateCache {
     secs: f64,
 }
 
-/// `l` starts with `date` (three overlapping word compares, no call).
+/// `l` starts with `date`: a compare of known length, a few loads, no
+/// call (it is made for every line).
+#[inline(always)]
 fn same_date(l: &[u8], date: &[u8; 19]) -> bool {
-    fn word(s: &[u8], at: usize) -> u64 {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&s[at..at + 8]);
-        u64::from_ne_bytes(w)
-    }
-    l.len() >= 19
-        && word(l, 0) == word(date, 0)
-        && word(l, 8) == word(date, 8)
-        && word(l, 11) == word(date, 11)
+    l.split_first_chunk::<19>()
+        .is_some_and(|(head, _)| head == date)
 }
 
 impl DateCache {

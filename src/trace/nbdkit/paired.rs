@@ -146,6 +146,7 @@ impl PairedChunk {
 
     /// Where `connection` goes in [`PairedChunk::numbered`], if it has a
     /// place there.
+    #[inline]
     fn numbered_at(connection: Option<u64>) -> Option<usize> {
         connection
             .and_then(|c| usize::try_from(c).ok())
@@ -359,27 +360,56 @@ impl Pairs<'_> {
         id: u64,
         failed: Option<String>,
     ) -> bool {
+        match self.completed_here(connection, op, id, failed.is_some()) {
+            Some(fine) => fine,
+            None => self.completed_before(connection, op, id, failed),
+        }
+    }
+
+    /// A completion whose request is in the chunk, made a local event:
+    /// whether the chunk can still be joined; `None` if its request may be
+    /// in an earlier chunk.
+    #[inline(always)]
+    fn completed_here(
+        &mut self,
+        connection: Option<u64>,
+        op: Op,
+        id: u64,
+        failed: bool,
+    ) -> Option<bool> {
         match self.pending.complete(connection, id, op) {
             Ok(p) => {
                 *self.npending -= 1;
-                self.out.push(&p, failed.is_some())
+                Some(self.out.push(&p, failed))
             }
-            Err(Some(_)) => false,
-            Err(None) => {
-                let rank = self.out.rank();
-                self.out.edges.push((
-                    rank,
-                    self.line,
-                    Parsed::Completion {
-                        connection,
-                        op,
-                        id,
-                        failed,
-                    },
-                ));
-                true
-            }
+            Err(Some(_)) => Some(false),
+            Err(None) => None,
         }
+    }
+
+    /// A completion whose request may be in an earlier chunk: an edge.
+    /// Rare, and out of line, so that the usual completion carries no
+    /// `String` to drop.
+    #[inline(never)]
+    fn completed_before(
+        &mut self,
+        connection: Option<u64>,
+        op: Op,
+        id: u64,
+        failed: Option<String>,
+    ) -> bool {
+        let rank = self.out.rank();
+        self.out.edges.push((
+            rank,
+            self.line,
+            Parsed::Completion {
+                connection,
+                op,
+                id,
+                failed,
+            },
+        ));
+        true
     }
 }
 
@@ -402,7 +432,11 @@ impl Sink for Pairs<'_> {
 
     #[inline(always)]
     fn completion(&mut self, connection: u64, op: Op, id: u64) -> bool {
-        self.completed(Some(connection), op, id, None)
+        let connection = Some(connection);
+        match self.completed_here(connection, op, id, false) {
+            Some(fine) => fine,
+            None => self.completed_before(connection, op, id, None),
+        }
     }
 
     fn other(&mut self, parsed: Result<Parsed, TraceError>) -> bool {
