@@ -285,11 +285,7 @@ struct Prepared {
 /// map is read once, front to back, so pages kept would only be fresh
 /// memory, faulted in and zeroed by the kernel page by page (2 MB a
 /// connection; cutting it took 700 of the summary's 3,500 page faults).
-/// Its pages are read through a mapping of the file meanwhile (SQLite's
-/// memory-mapped I/O): the 15 MB of blobs were 2,200 `pread` calls of
-/// one page each, copied twice; 12 calls now, and 0.98x the summary's
-/// time. Both are put back after, for the lookups of `replay -v` and
-/// the writes of `--store`.
+/// The cache is put back after, for the lookups of `replay -v`.
 fn with_small_cache<T>(
     conn: &rusqlite::Connection,
     load: impl FnOnce(&rusqlite::Connection) -> T,
@@ -298,9 +294,7 @@ fn with_small_cache<T>(
         .pragma_query_value(None, "cache_size", |r| r.get(0))
         .ok();
     let _ = conn.pragma_update(None, "cache_size", 8);
-    let _ = conn.pragma_update(None, "mmap_size", 1i64 << 30);
     let loaded = load(conn);
-    let _ = conn.pragma_update(None, "mmap_size", 0);
     if let Some(before) = before {
         let _ = conn.pragma_update(None, "cache_size", before);
     }
