@@ -2040,7 +2040,7 @@ fn write_file_lines(
                     let mut text = back_rx.try_recv().unwrap_or_default();
                     file_lines(&mut text, index, touched, ids, first_time);
                     // The writer stopped (an output error): so does this.
-                    if send_spinning(&block_tx, text).is_err() {
+                    if block_tx.send(text).is_err() {
                         return;
                     }
                 }
@@ -2058,7 +2058,7 @@ fn write_file_lines(
                     let (block_rx, back_tx) = &made[helper];
                     // A helper stops without its block only if it
                     // panicked; the scope raises its panic.
-                    let Ok(text) = recv_spinning(block_rx) else {
+                    let Ok(text) = block_rx.recv() else {
                         break;
                     };
                     out.write_all(&text)?;
@@ -2068,54 +2068,6 @@ fn write_file_lines(
         }
         Ok(())
     })
-}
-
-/// How long [`write_file_lines`]' threads wait for each other's blocks
-/// awake before they sleep. A block takes some 100 us to make, and a
-/// thread that sleeps for one is woken late and often on the waker's core,
-/// where the two then take turns while the other core idles: waiting
-/// awake, the lines took 10.0 ms against 13.0 (medians of 10 runs). A
-/// longer wait is a slow reader of the output: then they sleep.
-const SPIN: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// `rx.recv()`, awake for up to [`SPIN`] first.
-fn recv_spinning<T>(rx: &std::sync::mpsc::Receiver<T>) -> Result<T, std::sync::mpsc::RecvError> {
-    use std::sync::mpsc::TryRecvError;
-    let start = std::time::Instant::now();
-    for tries in 1u32.. {
-        match rx.try_recv() {
-            Ok(t) => return Ok(t),
-            Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
-            Err(TryRecvError::Empty) => {}
-        }
-        // The clock read now and then: it costs more than a try.
-        if tries % 64 == 0 && start.elapsed() > SPIN {
-            break;
-        }
-        std::hint::spin_loop();
-    }
-    rx.recv()
-}
-
-/// `tx.send(t)`, awake for up to [`SPIN`] first.
-fn send_spinning<T>(
-    tx: &std::sync::mpsc::SyncSender<T>,
-    mut t: T,
-) -> Result<(), std::sync::mpsc::SendError<T>> {
-    use std::sync::mpsc::TrySendError;
-    let start = std::time::Instant::now();
-    for tries in 1u32.. {
-        match tx.try_send(t) {
-            Ok(()) => return Ok(()),
-            Err(TrySendError::Disconnected(back)) => return Err(std::sync::mpsc::SendError(back)),
-            Err(TrySendError::Full(back)) => t = back,
-        }
-        if tries % 64 == 0 && start.elapsed() > SPIN {
-            break;
-        }
-        std::hint::spin_loop();
-    }
-    tx.send(t)
 }
 
 /// Appends `s` right-aligned in `width` columns, as `{:>width}` does for
