@@ -455,7 +455,7 @@ pub struct Touched {
     /// lacks, in hand-edited maps): too sparse to index by id.
     far: std::collections::HashMap<u32, u32>,
     stats: Vec<ObjectStats>,
-    /// Another table's numbers, taken over whole by [`Touched::absorb`]
+    /// Another table's numbers, taken over whole by [`Touched::add_numbers`]
     /// rather than copied (copies would be fresh pages).
     extra: Vec<ObjectStats>,
     /// Objects in order of first access, and their first sequence numbers:
