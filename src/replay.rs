@@ -1434,11 +1434,20 @@ impl Tally {
     /// which must keep their order.
     pub(crate) fn renumber(&mut self, renumber: impl Fn(u64) -> u64) {
         let t = &mut self.touched;
-        for st in t.stats.iter_mut().chain(&mut t.extra) {
-            st.first_seq = renumber(st.first_seq);
-        }
         for f in &mut t.firsts {
             *f = renumber(*f);
+        }
+        // A table counted request by request made each object's numbers
+        // as it first touched it: the numbers are in first-access order,
+        // and their first requests are `firsts`, renumbered already.
+        if t.extra.is_empty() && t.stats.len() == t.firsts.len() {
+            for (st, &first) in t.stats.iter_mut().zip(&t.firsts) {
+                st.first_seq = first;
+            }
+        } else {
+            for st in t.stats.iter_mut().chain(&mut t.extra) {
+                st.first_seq = renumber(st.first_seq);
+            }
         }
         for f in &mut self.free_reads.first {
             f.0 = renumber(f.0);
