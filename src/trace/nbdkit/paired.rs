@@ -432,6 +432,9 @@ impl Sink for Pairs<'_> {
 
     #[inline(always)]
     fn completion(&mut self, connection: u64, op: Op, id: u64) -> bool {
+        // Not `self.completed(.., None)`: its `Option<String>`'s drop stays
+        // a call in the per-line loop (229.3 M against 228.7 M instructions
+        // on 258,000 lines).
         let connection = Some(connection);
         match self.completed_here(connection, op, id, false) {
             Some(fine) => fine,
