@@ -730,15 +730,36 @@ fn merge_orders(orders: &[(Vec<u32>, Vec<u64>)], ids: usize) -> (Vec<u32>, Vec<u
                 }
             }
         }
-        let Some((t, at)) = next else { break };
-        let h = &mut heads[t];
-        if let Some(&o) = orders[t].0.get(*h) {
+        let Some((t, _)) = next else { break };
+        // A worker's table comes in runs of a chunk's requests: its entries
+        // go in one after another while they come before every other
+        // table's head (the first one whatever it is: it was picked).
+        let limit = orders
+            .iter()
+            .zip(&heads)
+            .enumerate()
+            .filter(|&(other, _)| other != t)
+            .filter_map(|(_, ((_, f), &h))| f.get(h).copied())
+            .min()
+            .unwrap_or(u64::MAX);
+        let (objects, at) = &orders[t];
+        let mut h = heads[t];
+        while let (Some(&o), Some(&first)) = (objects.get(h), at.get(h)) {
+            if h > heads[t] && first >= limit {
+                break;
+            }
             if first_time(o) {
                 order.push(o);
-                firsts.push(at);
+                firsts.push(first);
             }
+            h += 1;
         }
-        *h += 1;
+        // A table whose objects run out before its numbers is done too.
+        heads[t] = if objects.get(h).is_none() {
+            at.len().max(h)
+        } else {
+            h
+        };
     }
     (order, firsts)
 }
@@ -915,6 +936,75 @@ mod tests {
         let mut overflow = Vec::new();
         index().split(u64::MAX - 5, 100, |p| overflow.push(p.length));
         assert_eq!(overflow, vec![5]);
+    }
+
+    /// [`merge_orders`] one entry at a time: the earliest head of all
+    /// (on a tie the first table's), kept if its object is new.
+    fn merge_one_by_one(orders: &[(Vec<u32>, Vec<u64>)]) -> (Vec<u32>, Vec<u64>) {
+        let mut seen = std::collections::HashSet::new();
+        let mut heads = vec![0usize; orders.len()];
+        let (mut order, mut firsts) = (Vec::new(), Vec::new());
+        loop {
+            let mut next: Option<(usize, u64)> = None;
+            for (t, ((_, f), &h)) in orders.iter().zip(&heads).enumerate() {
+                if let Some(&at) = f.get(h) {
+                    if next.is_none_or(|(_, best)| at < best) {
+                        next = Some((t, at));
+                    }
+                }
+            }
+            let Some((t, at)) = next else { break };
+            if let Some(&o) = orders[t].0.get(heads[t]) {
+                if seen.insert(o) {
+                    order.push(o);
+                    firsts.push(at);
+                }
+            }
+            heads[t] += 1;
+        }
+        (order, firsts)
+    }
+
+    /// Merged in runs, the first-access orders come out as merged one
+    /// entry at a time: tables of runs long and short, ties between
+    /// tables, objects in several tables and past the bitmap, a table
+    /// whose objects and numbers differ in length.
+    #[test]
+    fn orders_merge_in_runs_as_one_by_one() {
+        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        for case in 0..3000 {
+            let tables = 1 + (rng.next() % 4) as usize;
+            let ids = 1 + (rng.next() % 200) as usize;
+            let mut orders = Vec::new();
+            let mut at = 0u64;
+            let runs = (rng.next() % 8) as usize;
+            let mut made: Vec<(Vec<u32>, Vec<u64>)> = vec![(Vec::new(), Vec::new()); tables];
+            for _ in 0..runs * tables {
+                let t = (rng.next() % tables as u64) as usize;
+                for _ in 0..(rng.next() % 40) {
+                    // Now and then the same number as another table's.
+                    at += rng.next() % 3;
+                    made[t].0.push((rng.next() % (ids as u64 + 20)) as u32);
+                    made[t].1.push(at);
+                }
+            }
+            for (mut o, mut f) in made {
+                if case % 50 == 0 {
+                    // A table out of step with itself.
+                    if rng.next() % 2 == 0 {
+                        o.pop();
+                    } else {
+                        f.pop();
+                    }
+                }
+                orders.push((o, f));
+            }
+            assert_eq!(
+                merge_orders(&orders, ids),
+                merge_one_by_one(&orders),
+                "case {case}"
+            );
+        }
     }
 
     #[test]
