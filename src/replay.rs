@@ -991,7 +991,7 @@ mod tests {
             for (mut o, mut f) in made {
                 if case % 50 == 0 {
                     // A table out of step with itself.
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         o.pop();
                     } else {
                         f.pop();
