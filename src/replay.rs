@@ -717,49 +717,44 @@ fn merge_orders(orders: &[(Vec<u32>, Vec<u64>)], ids: usize) -> (Vec<u32>, Vec<u
     };
     let total = orders.iter().map(|(o, _)| o.len()).sum();
     let (mut order, mut firsts) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    // Entries are pairs of an object and its number: a table's extra
+    // objects or numbers are none.
+    let lens: Vec<usize> = orders.iter().map(|(o, f)| o.len().min(f.len())).collect();
     let mut heads = vec![0usize; orders.len()];
     loop {
-        // The earliest head; on a tie (one request first touching objects
+        // The earliest head, on a tie (one request first touching objects
         // of two tables cannot happen, as no request is in two) the first
-        // table's.
+        // table's; and the earliest of the other tables' heads. A worker's
+        // table comes in runs of a chunk's requests: the picked table's
+        // entries go in one after another while they come before that.
         let mut next: Option<(usize, u64)> = None;
+        let mut limit = u64::MAX;
         for (t, ((_, f), &h)) in orders.iter().zip(&heads).enumerate() {
-            if let Some(&at) = f.get(h) {
-                if next.is_none_or(|(_, best)| at < best) {
+            let Some(&at) = f.get(h).filter(|_| h < lens[t]) else {
+                continue;
+            };
+            match next {
+                Some((_, best)) if at >= best => limit = limit.min(at),
+                _ => {
+                    if let Some((_, best)) = next {
+                        limit = limit.min(best);
+                    }
                     next = Some((t, at));
                 }
             }
         }
         let Some((t, _)) = next else { break };
-        // A worker's table comes in runs of a chunk's requests: its entries
-        // go in one after another while they come before every other
-        // table's head (the first one whatever it is: it was picked).
-        let limit = orders
-            .iter()
-            .zip(&heads)
-            .enumerate()
-            .filter(|&(other, _)| other != t)
-            .filter_map(|(_, ((_, f), &h))| f.get(h).copied())
-            .min()
-            .unwrap_or(u64::MAX);
         let (objects, at) = &orders[t];
-        let mut h = heads[t];
-        while let (Some(&o), Some(&first)) = (objects.get(h), at.get(h)) {
-            if h > heads[t] && first >= limit {
-                break;
-            }
-            if first_time(o) {
-                order.push(o);
-                firsts.push(first);
+        let start = heads[t];
+        let mut h = start;
+        while h < lens[t] && (h == start || at[h] < limit) {
+            if first_time(objects[h]) {
+                order.push(objects[h]);
+                firsts.push(at[h]);
             }
             h += 1;
         }
-        // A table whose objects run out before its numbers is done too.
-        heads[t] = if objects.get(h).is_none() {
-            at.len().max(h)
-        } else {
-            h
-        };
+        heads[t] = h;
     }
     (order, firsts)
 }
