@@ -459,7 +459,8 @@ pub struct Touched {
     /// rather than copied (copies would be fresh pages).
     extra: Vec<ObjectStats>,
     /// Objects in order of first access, and their first sequence numbers:
-    /// tables are joined by walking these, not by looking objects up.
+    /// tables are joined by walking these, not by looking objects up. A
+    /// sum of tables keeps the order only.
     order: Vec<u32>,
     firsts: Vec<u64>,
 }
@@ -625,7 +626,7 @@ impl Touched {
             .chain(&mut rest)
             .map(|t| (std::mem::take(&mut t.order), std::mem::take(&mut t.firsts)))
             .collect();
-        let (order, firsts) = std::thread::scope(|scope| {
+        let order = std::thread::scope(|scope| {
             let merging = scope.spawn(|| merge_orders(&orders, ids));
             for (other, (order, _)) in rest.into_iter().zip(&orders[1..]) {
                 total.add_numbers(other, order);
@@ -635,8 +636,10 @@ impl Touched {
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         });
+        // The merged first numbers are the objects' own (`first_seq`),
+        // so none are kept beside the order: another table of them would
+        // be megabytes of fresh memory, never read.
         total.order = order;
-        total.firsts = firsts;
         total
     }
 
@@ -700,10 +703,10 @@ impl Touched {
 }
 
 /// The first-access orders `orders` (objects and their first sequence
-/// numbers, each by first access) made one: each object keeps the place
-/// of its earliest first access. `ids` bounds the object ids a bitmap
+/// numbers, each by first access) made one: the objects in order of their
+/// earliest first access. `ids` bounds the object ids a bitmap
 /// tells apart; others go to a hash set.
-fn merge_orders(orders: &[(Vec<u32>, Vec<u64>)], ids: usize) -> (Vec<u32>, Vec<u64>) {
+fn merge_orders(orders: &[(Vec<u32>, Vec<u64>)], ids: usize) -> Vec<u32> {
     let mut seen = vec![0u64; ids.div_ceil(64)];
     let mut seen_far = std::collections::HashSet::new();
     let mut first_time = |o: u32| match seen.get_mut(o as usize / 64) {
@@ -716,7 +719,7 @@ fn merge_orders(orders: &[(Vec<u32>, Vec<u64>)], ids: usize) -> (Vec<u32>, Vec<u
         None => seen_far.insert(o),
     };
     let total = orders.iter().map(|(o, _)| o.len()).sum();
-    let (mut order, mut firsts) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let mut order = Vec::with_capacity(total);
     // Entries are pairs of an object and its number: a table's extra
     // objects or numbers are none.
     let lens: Vec<usize> = orders.iter().map(|(o, f)| o.len().min(f.len())).collect();
@@ -750,13 +753,12 @@ fn merge_orders(orders: &[(Vec<u32>, Vec<u64>)], ids: usize) -> (Vec<u32>, Vec<u
         while h < lens[t] && (h == start || at[h] < limit) {
             if first_time(objects[h]) {
                 order.push(objects[h]);
-                firsts.push(at[h]);
             }
             h += 1;
         }
         heads[t] = h;
     }
-    (order, firsts)
+    order
 }
 
 /// Byte ranges already read from one object, merged, to tell first reads
@@ -936,7 +938,7 @@ mod tests {
     /// What [`merge_orders`] makes, by sorting: every entry that has both
     /// an object and a number, by number, then table, then place (each
     /// table's numbers never decrease), the first of each object kept.
-    fn merge_by_sorting(orders: &[(Vec<u32>, Vec<u64>)]) -> (Vec<u32>, Vec<u64>) {
+    fn merge_by_sorting(orders: &[(Vec<u32>, Vec<u64>)]) -> Vec<u32> {
         let mut all: Vec<(u64, usize, usize, u32)> = Vec::new();
         for (t, (objects, at)) in orders.iter().enumerate() {
             for (h, (&o, &first)) in objects.iter().zip(at).enumerate() {
@@ -947,8 +949,8 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         all.into_iter()
             .filter(|&(_, _, _, o)| seen.insert(o))
-            .map(|(first, _, _, o)| (o, first))
-            .unzip()
+            .map(|(_, _, _, o)| o)
+            .collect()
     }
 
     /// Merged in runs, the first-access orders come out as sorting them
