@@ -8,6 +8,7 @@
 //! per request is streamed, and what the views keep grows with the number
 //! of objects touched, never with the length of the trace.
 
+mod apart;
 pub mod fused;
 pub mod objects;
 pub mod packed;
@@ -2115,6 +2116,8 @@ fn write_file_lines(
     let blocks: Vec<&[u32]> = touched.order.chunks(LINES_BLOCK).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let threads = cores.min(blocks.len()).max(1);
+    // Pinned apart while they pass blocks (see `apart`), let go of after.
+    let apart = (threads > 1).then(apart::Apart::pin_here).flatten();
     std::thread::scope(|scope| {
         let mut made = Vec::with_capacity(threads - 1);
         for helper in 1..threads {
@@ -2122,7 +2125,11 @@ fn write_file_lines(
             let (block_tx, block_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
             let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
             let blocks = &blocks;
+            let apart = &apart;
             scope.spawn(move || {
+                if let Some(a) = apart {
+                    a.helper();
+                }
                 for ids in blocks.iter().skip(helper).step_by(threads) {
                     let mut text = back_rx.try_recv().unwrap_or_default();
                     file_lines(&mut text, index, touched, ids, first_time);
