@@ -996,6 +996,73 @@ mod tests {
         }
     }
 
+    /// The summary's lines of a map of more files than several blocks
+    /// of lines hold, touched out of id order, are written by the
+    /// writer and its helpers (pinned apart) in the order one thread
+    /// makes them.
+    #[test]
+    fn summary_lines_keep_their_order_across_blocks_and_threads() {
+        use crate::replay::objects::{Row, Span};
+        let n = 3 * LINES_BLOCK + 100;
+        let mut strings = String::new();
+        let mut rows = vec![Row::default()];
+        let mut kinds = vec![Kind::default()];
+        let mut segments = Vec::new();
+        for i in 1..=n {
+            let at = strings.len();
+            let name = format!("/dev/sda /d/f{i}");
+            strings += &name;
+            let span = |from: usize, to: usize| Span::new(at + from, at + to);
+            let (device, path) = (span(0, 8), span(9, name.len()));
+            let whole = span(0, name.len()).unwrap_or_default();
+            rows.push(Row::new(
+                Kind::File,
+                Some(1),
+                Some(4096),
+                whole,
+                device,
+                path,
+            ));
+            kinds.push(Kind::File);
+            let start = i as u64 * 4096;
+            segments.push(Segment {
+                start,
+                end: start + 4096,
+                owner: i as u32,
+                kind: Some(Kind::File),
+            });
+        }
+        let index = MapIndex::from_parts((n as u64 + 1) * 4096, segments, kinds);
+        let _ = index.objects.set(ObjectTable::from_parts(strings, rows));
+        let mut tally = Tally::new(&index, true);
+        // Every file read once, in an order far from the ids' (7919 is a
+        // prime that does not divide `n`), some of them twice.
+        for (j, seq) in (0..n + n / 3).zip(1u64..) {
+            let id = (j * 7919) % n + 1;
+            let time = Some(seq as f64 / 1000.0);
+            let (offset, length) = (id as u64 * 4096 + (j % 3) as u64 * 512, 2048);
+            assert!(tally.request(seq, time, Op::Read, length, false));
+            let mut last = None;
+            index.split(offset, length, |p| {
+                tally.piece(seq, time, Op::Read, &p, &mut last);
+            });
+        }
+        let touched = &tally.touched;
+        assert_eq!(touched.order.len(), n);
+        let mut one_thread = Vec::new();
+        file_lines(
+            &mut one_thread,
+            &index,
+            touched,
+            &touched.order,
+            Some(0.001),
+        );
+        let mut written = Vec::new();
+        write_file_lines(&mut written, &index, touched, Some(0.001)).unwrap();
+        assert_eq!(one_thread.iter().filter(|&&b| b == b'\n').count(), n);
+        assert!(written == one_thread, "lines out of order");
+    }
+
     #[test]
     fn digits_are_eight_bytes_of_ascii() {
         let mut rng = crate::test_rng::XorShift(0x1234_5678_9abc_def1);
